@@ -1,0 +1,58 @@
+"""Shared fixtures: paths to the real data embedded in the repository."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "data"
+TEST_SLIDES = REPO / "tests" / "data" / "slides"
+
+# No test may reach a model hub: everything loads from local files.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def cmu_slide() -> Path:
+    """Real H&E Aperio crop, 0.499 µm/px, one level."""
+    return DATA / "slides" / "CMU-1-Small-Region.svs"
+
+
+@pytest.fixture(scope="session")
+def tcga_frozen_slide() -> Path:
+    """Real TCGA frozen section, JPEG 2000 tiles, no MPP metadata."""
+    return DATA / "slides" / "TCGA-CR-7395-01A-01-TS1.svs"
+
+
+@pytest.fixture(scope="session")
+def test_slides() -> Path:
+    """Tiny real slide files and broken files for error paths."""
+    return TEST_SLIDES
+
+
+@pytest.fixture(scope="session")
+def blca_table() -> Path:
+    return DATA / "tcga" / "tcga_blca_all_clean.csv.zip"
+
+
+@pytest.fixture(scope="session")
+def ucec_table() -> Path:
+    return DATA / "tcga" / "tcga_ucec_all_clean.csv.zip"
+
+
+@pytest.fixture(scope="session")
+def signatures() -> Path:
+    return DATA / "tcga" / "signatures.csv"
+
+
+@pytest.fixture(scope="session")
+def published_splits() -> Path:
+    return DATA / "tcga" / "splits"

@@ -1,0 +1,41 @@
+# Validate the clinical/genomic table, pool each patient's usable slides, then patient-level folds.
+
+
+rule build_cohort:
+    input:
+        clinical=config["clinical"],
+        signatures=config["signatures"],
+        features=feature_files,
+    output:
+        patients=f"{RESULTS}/cohort/patients.csv",
+        genomics=f"{RESULTS}/cohort/genomics.csv.gz",
+        groups=f"{RESULTS}/cohort/groups.json",
+        slides=f"{RESULTS}/cohort/slides.csv",
+    params:
+        out_dir=f"{RESULTS}/cohort",
+        options=json.dumps({"filters": config["filters"]}),
+    log:
+        f"{LOGS}/build_cohort.log",
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "{GHANET_WF} cohort --clinical {input.clinical:q} --signatures {input.signatures:q}"
+        " --features {input.features:q} --out-dir {params.out_dir:q}"
+        " --options {params.options:q} > {log:q} 2>&1"
+
+
+rule make_splits:
+    input:
+        patients=rules.build_cohort.output.patients,
+    output:
+        expand(f"{RESULTS}/splits/fold_{{fold}}.csv", fold=FOLDS),
+    params:
+        out_dir=f"{RESULTS}/splits",
+        options=options("splits"),
+    log:
+        f"{LOGS}/make_splits.log",
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "{GHANET_WF} splits --patients {input.patients:q} --out-dir {params.out_dir:q}"
+        " --options {params.options:q} > {log:q} 2>&1"

@@ -1,0 +1,166 @@
+# Shared tables, paths and input functions. Rules stay thin: each calls one `ghanet-wf` subcommand.
+
+import json
+import shlex
+from pathlib import Path
+
+import pandas as pd
+
+
+# ---------------------------------------------------------------- paths
+
+REPO = Path(workflow.basedir)
+COHORT = config["cohort"]
+RESULTS = f"results/{COHORT}"
+LOGS = f"logs/{COHORT}"
+ENCODER = config["features"]["encoder"]
+FOLDS = list(range(config["splits"]["k"]))
+MODELS = config["training"]["models"]
+DEMO_SLIDE_DIR = "results/demo_slides"
+
+# Every rule calls the package through the interpreter on PATH (the project's venv or a
+# conda env); PYTHONPATH makes an un-installed checkout work too.
+GHANET_WF = (
+    f"PYTHONPATH={shlex.quote(str(REPO / 'src'))}${{PYTHONPATH:+:$PYTHONPATH}} "
+    "python -m ghanet_workflow.cli"
+)
+
+
+def options(section):
+    """A config section as JSON, passed to a subcommand with --options."""
+    return json.dumps(config.get(section) or {}, sort_keys=True)
+
+
+# ---------------------------------------------------------------- slide table
+
+
+def slide_key(slide_id):
+    """Wildcard-safe key of a slide: its id without the file extension."""
+    name = str(slide_id)
+    for ext in (".svs", ".tiff", ".tif", ".ndpi", ".mrxs", ".scn", ".dcm", ".bif", ".vms", ".svslide"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _resolve(path):
+    """Slide paths are absolute or relative to the working directory (normally the repo root)."""
+    return Path(str(path)).expanduser()
+
+
+def load_slide_table():
+    """One row per slide: slide_id, key, case_id, path, mpp, produced (by the demo rule)."""
+    clinical = pd.read_csv(
+        config["clinical"],
+        usecols=["case_id", "slide_id"],
+        compression="infer",
+        dtype=str,
+    )
+    slides = clinical.drop_duplicates("slide_id").copy()
+    slides["mpp"] = float("nan")
+    table_path = config["slides"].get("table")
+    if table_path:
+        extra = pd.read_csv(table_path, sep=None, engine="python", dtype={"slide_id": str})
+        unknown = sorted(set(extra["slide_id"]) - set(slides["slide_id"]))
+        if unknown:
+            raise ValueError(
+                f"slide table {table_path}: slide_id(s) {unknown[:5]} are not in the clinical table "
+                f"{config['clinical']}; fix the ids or add the rows to the clinical table"
+            )
+        extra = extra.set_index("slide_id")
+        if "path" in extra:
+            slides["path"] = slides["slide_id"].map(extra["path"])
+        if "mpp" in extra:
+            slides["mpp"] = slides["slide_id"].map(extra["mpp"]).astype(float)
+    if "path" not in slides or slides["path"].isna().any():
+        slides_dir = config["slides"].get("dir")
+        if not slides_dir and ("path" not in slides or slides["path"].isna().any()):
+            missing = slides.loc[slides.get("path", pd.Series(index=slides.index)).isna(), "slide_id"]
+            raise ValueError(
+                f"config key slides.dir is empty and the slide table gives no path for "
+                f"{list(missing)[:5]}: set slides.dir (folder of the slide files) in the config"
+            )
+        default = slides["slide_id"].map(lambda s: str(Path(slides_dir) / s))
+        slides["path"] = slides["path"].fillna(default) if "path" in slides else default
+    slides["key"] = slides["slide_id"].map(slide_key)
+    duplicated = slides.loc[slides["key"].duplicated(), "slide_id"]
+    if len(duplicated):
+        raise ValueError(f"clinical table: slide ids {list(duplicated)[:5]} collide once the extension is dropped")
+    slides["produced"] = slides["path"].map(lambda p: Path(str(p)).parent.as_posix() == DEMO_SLIDE_DIR)
+    slides["exists"] = slides["produced"] | slides["path"].map(lambda p: _resolve(p).is_file())
+    return slides.set_index("key", drop=False)
+
+
+SLIDES = load_slide_table()
+PRESENT = SLIDES[SLIDES["exists"]]
+ABSENT = SLIDES[~SLIDES["exists"]]
+
+if len(ABSENT):
+    logger.warning(
+        f"{len(ABSENT)} slide(s) of the clinical table are not on disk and are reported as missing: "
+        + ", ".join(ABSENT["path"].astype(str).head(5))
+    )
+
+
+wildcard_constraints:
+    slide="[^/]+",
+    encoder="[^/]+",
+    model="[^/]+",
+    fold=r"\d+",
+
+
+# ---------------------------------------------------------------- input functions
+
+
+def slide_path(wildcards):
+    return SLIDES.loc[wildcards.slide, "path"]
+
+
+def slide_id(wildcards):
+    return SLIDES.loc[wildcards.slide, "slide_id"]
+
+
+def mpp_option(wildcards):
+    mpp = SLIDES.loc[wildcards.slide, "mpp"]
+    return "" if pd.isna(mpp) else f"--mpp {float(mpp)}"
+
+
+def feature_files(wildcards=None):
+    return expand(f"{RESULTS}/features/{ENCODER}/{{slide}}.h5", slide=PRESENT.index)
+
+
+def tile_qc_files(wildcards=None):
+    return expand(f"{RESULTS}/tiles/{{slide}}.qc.json", slide=PRESENT.index)
+
+
+def fold_outputs(name):
+    return expand(f"{RESULTS}/models/{{model}}/fold_{{fold}}/{name}", model=MODELS, fold=FOLDS)
+
+
+def report_outputs():
+    return [
+        f"{RESULTS}/report/cindex.md",
+        f"{RESULTS}/report/cindex.csv",
+        f"{RESULTS}/report/failed_slides.md",
+    ]
+
+
+# ---------------------------------------------------------------- resources (grow on retry)
+
+
+def mem_mb_training(wildcards, attempt):
+    """Training memory: base from the config, doubled on each retry (OOM kills)."""
+    return int(config["resources"]["train_mem_mb"]) * 2 ** (attempt - 1)
+
+
+def runtime_training(wildcards, attempt):
+    """Training wall time in minutes: grows by half on each retry (time-limit kills resume from the checkpoint)."""
+    return int(config["resources"]["train_runtime_min"] * (1 + 0.5 * (attempt - 1)))
+
+
+def mem_mb_features(wildcards, attempt):
+    return int(config["resources"]["features_mem_mb"]) * 2 ** (attempt - 1)
+
+
+def runtime_features(wildcards, attempt):
+    return int(config["resources"]["features_runtime_min"] * (1 + 0.5 * (attempt - 1)))

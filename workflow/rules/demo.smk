@@ -1,0 +1,19 @@
+# The embedded demo cohort: synthetic pyramidal TIFFs built from real tissue crops, with a planted
+# survival signal (a simulation, not a result; see README). Only slides whose path lies under
+# results/demo_slides/ are produced here; real slide files are read where they are.
+
+
+rule demo_slide:
+    input:
+        clinical=config["clinical"],
+    output:
+        f"{DEMO_SLIDE_DIR}/{{demo_slide}}",
+    params:
+        options=options("demo"),
+    log:
+        f"logs/demo_slides/{{demo_slide}}.log",
+    conda:
+        "../../envs/slides.yaml"
+    shell:
+        "{GHANET_WF} demo-slide --slide-id {wildcards.demo_slide:q} --clinical {input.clinical:q}"
+        " --out {output:q} --options {params.options:q} > {log:q} 2>&1"
