@@ -1,0 +1,220 @@
+"""Opening whole-slide images, reading their pixel size (MPP) and reading pixels safely.
+
+Shared by tiling and feature extraction. Every failure becomes a
+:class:`~ghanet_workflow.errors.SlideError` whose message names the slide and says what to do.
+
+OpenSlide latches errors: after one failed read, every later call on that handle fails too.
+:class:`SlideReader` therefore reopens the file before it retries a read.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import openslide
+
+from ghanet_workflow.errors import SlideError
+
+#: MPP values outside this range (µm per level-0 pixel) are metadata noise, not a scan resolution.
+PLAUSIBLE_MPP_RANGE: tuple[float, float] = (0.05, 20.0)
+
+#: Vendor properties holding the level-0 pixel size in µm, tried after ``openslide.mpp-x/y``
+#: (OpenSlide already maps most vendors onto ``openslide.mpp-x``; these are fallbacks).
+VENDOR_MPP_KEYS: tuple[tuple[str, str], ...] = (("aperio.MPP", "aperio.MPP"),)
+
+#: µm per TIFF ResolutionUnit (tiff.XResolution is pixels per unit).
+_TIFF_UNIT_UM: dict[str, float] = {"centimeter": 1e4, "inch": 25_400.0, "millimeter": 1e3, "micrometer": 1.0}
+
+#: Largest read (pixels per side, at the read level) done in one ``read_region`` call.
+READ_CHUNK_PX = 4096
+
+#: Relative slack when choosing a pyramid level, absorbing rounding like 2.0005 vs 2.
+LEVEL_TOLERANCE = 0.02
+
+
+@dataclass(frozen=True)
+class MppInfo:
+    """Level-0 pixel size in µm and the metadata key (or ``override``) it came from."""
+
+    mpp: float
+    source: str
+
+
+def open_slide(path: str | os.PathLike, slide_id: str | None = None) -> openslide.OpenSlide:
+    """Open ``path`` with OpenSlide or raise ``SlideError('failed', ...)`` explaining why not."""
+    path = Path(path)
+    name = slide_id or path.name
+    if not path.is_file():
+        raise SlideError("failed", f"slide {name!r}: file not found at {str(path)!r}; check the slide table path")
+    if path.stat().st_size == 0:
+        raise SlideError("failed", f"slide {name!r}: file {str(path)!r} is empty (0 bytes); re-copy or re-download it")
+    try:
+        return openslide.OpenSlide(str(path))
+    except openslide.OpenSlideUnsupportedFormatError:
+        raise SlideError(
+            "failed",
+            f"slide {name!r}: {str(path)!r} is not a whole-slide image OpenSlide can read "
+            "(unsupported or missing format); check the file type or remove it from the slide table",
+        ) from None
+    except (openslide.OpenSlideError, OSError) as err:
+        raise SlideError(
+            "failed",
+            f"slide {name!r}: OpenSlide cannot open {str(path)!r} ({err}); the file is damaged or uses "
+            "an unsupported encoding; re-export it or remove it from the slide table",
+        ) from None
+
+
+def _plausible(value: float) -> bool:
+    low, high = PLAUSIBLE_MPP_RANGE
+    return math.isfinite(value) and low <= value <= high
+
+
+def _float_property(properties, key: str) -> float | None:
+    try:
+        return float(properties[key])
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _mpp_from_tiff_tags(properties) -> float | None:
+    """µm/px from ``tiff.XResolution`` + ``tiff.ResolutionUnit``, or None if absent."""
+    resolution = _float_property(properties, "tiff.XResolution")
+    unit_um = _TIFF_UNIT_UM.get(str(properties.get("tiff.ResolutionUnit", "")).lower())
+    if not resolution or resolution <= 0 or unit_um is None:
+        return None
+    return unit_um / resolution
+
+
+def _metadata_mpp_candidates(properties) -> list[tuple[str, float]]:
+    """All (source, µm/px) pairs found in the slide metadata, in order of trust."""
+    candidates: list[tuple[str, float]] = []
+    for key_x, key_y in (("openslide.mpp-x", "openslide.mpp-y"), *VENDOR_MPP_KEYS):
+        x_mpp, y_mpp = _float_property(properties, key_x), _float_property(properties, key_y)
+        if x_mpp is not None:
+            candidates.append((key_x, (x_mpp + (y_mpp or x_mpp)) / 2))
+    tiff_mpp = _mpp_from_tiff_tags(properties)
+    if tiff_mpp is not None:
+        candidates.append(("tiff.XResolution", tiff_mpp))
+    return candidates
+
+
+def resolve_mpp(properties, *, slide_id: str, override: float | None = None) -> MppInfo:
+    """Level-0 µm/px: the override if given, else the first plausible metadata value.
+
+    Raises ``SlideError('failed', ...)`` naming the slide and the ``mpp`` column to set when
+    there is no usable value. Never assumes a magnification.
+    """
+    low, high = PLAUSIBLE_MPP_RANGE
+    if override is not None and not (isinstance(override, float) and math.isnan(override)):
+        override = float(override)
+        if not _plausible(override):
+            raise SlideError(
+                "failed",
+                f"slide {slide_id!r}: mpp override {override} µm/px is outside the plausible range "
+                f"{low}-{high}; fix the `mpp` column for it in the slide table",
+            )
+        return MppInfo(override, "override")
+    candidates = _metadata_mpp_candidates(properties)
+    for source, value in candidates:
+        if _plausible(value):
+            return MppInfo(value, source)
+    if candidates:
+        found = ", ".join(f"{source}={value:.4g}" for source, value in candidates)
+        raise SlideError(
+            "failed",
+            f"slide {slide_id!r}: MPP metadata is implausible ({found} µm/px; expected {low}-{high}); "
+            "set the `mpp` column for it in the slide table",
+        )
+    raise SlideError(
+        "failed",
+        f"slide {slide_id!r} has no MPP metadata (no openslide.mpp-x, vendor or TIFF resolution tag): "
+        "set the `mpp` column for it in the slide table (µm per level-0 pixel, e.g. 0.25 for 40x)",
+    )
+
+
+def level_for_downsample(downsamples: tuple[float, ...], needed: float, tolerance: float = LEVEL_TOLERANCE) -> int:
+    """Index of the level with the largest downsample not exceeding ``needed`` (with slack)."""
+    usable = [i for i, ds in enumerate(downsamples) if ds <= needed * (1 + tolerance)]
+    return max(usable, key=lambda i: downsamples[i]) if usable else 0
+
+
+def rgba_to_rgb_on_white(rgba: np.ndarray) -> np.ndarray:
+    """Composite an RGBA array on white (transparent = unscanned area = background)."""
+    rgb = cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
+    if rgba[..., 3].min() < 255:
+        rows, cols = np.nonzero(rgba[..., 3] < 255)
+        alpha = rgba[rows, cols, 3:].astype(np.uint16)
+        rgb[rows, cols] = (rgb[rows, cols].astype(np.uint16) * alpha + 255 * (255 - alpha) + 127) // 255
+    return rgb
+
+
+class SlideReader:
+    """An OpenSlide handle that reopens itself after a read error before retrying once."""
+
+    def __init__(self, path: str | os.PathLike, slide_id: str | None = None):
+        self.path = Path(path)
+        self.slide_id = slide_id or self.path.name
+        self.slide = open_slide(self.path, self.slide_id)
+
+    def __enter__(self) -> "SlideReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the OpenSlide handle."""
+        self.slide.close()
+
+    def reopen(self) -> None:
+        """Replace the (possibly error-latched) handle with a fresh one."""
+        self.slide.close()
+        self.slide = open_slide(self.path, self.slide_id)
+
+    def read_region_rgb(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """RGB uint8 array (H, W, 3) of ``size`` at ``level``; ``location`` in level-0 pixels."""
+        for attempt in range(2):
+            try:
+                region = self.slide.read_region(location, level, size)
+                return rgba_to_rgb_on_white(np.asarray(region))
+            except openslide.OpenSlideError as err:
+                if attempt == 0:
+                    self.reopen()
+                    continue
+                raise SlideError(
+                    "failed",
+                    f"slide {self.slide_id!r}: opens but its pixels cannot be decoded at level {level} "
+                    f"({err}); the file is corrupt: re-download or re-export it",
+                ) from None
+        raise AssertionError("unreachable")
+
+    def read_downsampled(self, scale_x: float, scale_y: float, out_size: tuple[int, int]) -> np.ndarray:
+        """Whole slide as RGB at ``out_size`` (w, h); one output pixel = ``scale`` level-0 pixels.
+
+        Reads from the best pyramid level in chunks of at most ``READ_CHUNK_PX`` per side and
+        area-averages each chunk, so huge or single-level slides never need the full level in memory.
+        """
+        out_w, out_h = out_size
+        level = level_for_downsample(self.slide.level_downsamples, min(scale_x, scale_y))
+        level_ds = self.slide.level_downsamples[level]
+        # a level within LEVEL_TOLERANCE of the wanted scale is used as is (no resampling)
+        native = max(abs(scale_x / level_ds - 1), abs(scale_y / level_ds - 1)) <= LEVEL_TOLERANCE
+        block_w = max(1, int(READ_CHUNK_PX * level_ds / scale_x))
+        block_h = max(1, int(READ_CHUNK_PX * level_ds / scale_y))
+        out = np.empty((out_h, out_w, 3), np.uint8)
+        for oy in range(0, out_h, block_h):
+            for ox in range(0, out_w, block_w):
+                bw, bh = min(block_w, out_w - ox), min(block_h, out_h - oy)
+                x0, y0 = int(ox * scale_x), int(oy * scale_y)
+                read_w = bw if native else max(1, math.ceil(bw * scale_x / level_ds))
+                read_h = bh if native else max(1, math.ceil(bh * scale_y / level_ds))
+                chunk = self.read_region_rgb((x0, y0), level, (read_w, read_h))
+                if chunk.shape[:2] != (bh, bw):
+                    chunk = cv2.resize(chunk, (bw, bh), interpolation=cv2.INTER_AREA)
+                out[oy : oy + bh, ox : ox + bw] = chunk
+        return out
