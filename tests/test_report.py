@@ -1,0 +1,403 @@
+"""Report stage: tables (markdown/LaTeX/CSV) and figures built from realistic per-fold outputs.
+
+The inputs follow docs/CONTRACTS.md: 40 patients, 5 folds, predictions with train/val/test rows,
+metrics.json with NaN where a metric is undefined, one fold that failed, a cohort slides.csv with
+a broken slide. Expected numbers are recomputed independently with scikit-survival / numpy.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+from sksurv.metrics import concordance_index_censored
+
+from ghanet_workflow import report
+from ghanet_workflow.errors import InputError
+
+N_PATIENTS, N_FOLDS, N_BINS = 40, 5, 4
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def fold_predictions(fold: int, rng: np.random.Generator) -> pd.DataFrame:
+    """Predictions of one fold: every patient once, its fifth of them as test, risk linked to time."""
+    case_ids = [f"TCGA-XX-{i:04d}" for i in range(N_PATIENTS)]
+    time = rng.uniform(2, 120, N_PATIENTS).round(2)
+    event = rng.integers(0, 2, N_PATIENTS)
+    risk = -time / 30 + rng.normal(0, 2.0, N_PATIENTS)
+    survival = np.cumprod(rng.uniform(0.7, 0.98, (N_PATIENTS, N_BINS)), axis=1)
+    split = np.where(np.arange(N_PATIENTS) % N_FOLDS == fold, "test", "train")
+    split[(np.arange(N_PATIENTS) % N_FOLDS != fold) & (np.arange(N_PATIENTS) % 7 == 0)] = "val"
+    frame = pd.DataFrame({"case_id": case_ids, "time": time, "event": event, "risk": risk})
+    for b in range(N_BINS):
+        frame[f"surv_{b}"] = survival[:, b]
+    return frame.assign(split=split, fold=fold)
+
+
+def fold_metrics(predictions: pd.DataFrame, fold: int) -> dict:
+    """metrics.json of one fold as the evaluate stage writes it (auc_60m undefined -> NaN + a note)."""
+    test = predictions[predictions["split"] == "test"]
+    cindex = concordance_index_censored(test["event"].astype(bool), test["time"], test["risk"])[0]
+    return {
+        "cindex": cindex,
+        "cindex_uno": cindex - 0.01,
+        "ibs": 0.2 + fold / 100,
+        "auc_12m": 0.7,
+        "auc_36m": 0.65 + fold / 100,
+        "auc_60m": float("nan"),
+        "notes": {"auc_60m": "60 months is beyond the truncation time"},
+        "cindex_ci_low": cindex - 0.1,
+        "cindex_ci_high": min(cindex + 0.1, 1.0),
+        "n_patients": len(test),
+        "n_events": int(test["event"].sum()),
+        "logrank_p": 0.2,
+        "risk_cutoff": float(predictions.loc[predictions["split"] != "test", "risk"].median()),
+    }
+
+
+def write_model_run(results: Path, model: str, seed: int, failed_folds=(3,)) -> dict[str, list[Path]]:
+    """Per-fold files of one model under results/models/<model>/fold_k; failed folds get none."""
+    rng = np.random.default_rng(seed)
+    files: dict[str, list[Path]] = {"metrics": [], "predictions": [], "training_logs": []}
+    for fold in range(N_FOLDS):
+        predictions = fold_predictions(fold, rng)
+        if fold in failed_folds:
+            continue
+        fold_dir = results / "models" / model / f"fold_{fold}"
+        fold_dir.mkdir(parents=True)
+        predictions.to_csv(fold_dir / "predictions.csv", index=False)
+        (fold_dir / "metrics.json").write_text(json.dumps(fold_metrics(predictions, fold)))
+        epochs = np.arange(1, 6)
+        pd.DataFrame(
+            {
+                "epoch": epochs,
+                "loss_surv": 1 / epochs,
+                "loss_sce": 0.5 / epochs,
+                "loss_mse": 0.3 / epochs,
+                "loss_total": 1.8 / epochs,
+                "val_cindex": 0.5 + epochs / 50,
+                "seconds": 1.0,
+            }
+        ).to_csv(fold_dir / "training_log.csv", index=False)
+        files["metrics"].append(fold_dir / "metrics.json")
+        files["predictions"].append(fold_dir / "predictions.csv")
+        files["training_logs"].append(fold_dir / "training_log.csv")
+    return files
+
+
+def write_slides(results: Path) -> tuple[Path, list[Path]]:
+    """Cohort slides.csv (one broken slide) plus tiling QC JSONs and thumbnails in the CONTRACTS layout."""
+    slides = pd.DataFrame(
+        {
+            "slide_id": ["TCGA-XX-0000-01Z.svs", "TCGA-XX-0001-01Z.svs", "broken.svs"],
+            "case_id": ["TCGA-XX-0000", "TCGA-XX-0001", "TCGA-XX-0002"],
+            "status": ["ok", "ok", "failed"],
+            "reason": ["", "", "OpenSlide cannot open broken.svs: Unsupported or missing image file"],
+            "n_patches": [120, 340, 0],
+            "features_path": [
+                f"results/c/features/efficientnet_lite0/{s}.h5"
+                for s in ("TCGA-XX-0000-01Z", "TCGA-XX-0001-01Z", "broken")
+            ],
+        }
+    )
+    (results / "cohort").mkdir(parents=True, exist_ok=True)
+    slides.to_csv(results / "cohort" / "slides.csv", index=False)
+    (results / "tiles" / "qc").mkdir(parents=True, exist_ok=True)
+    qc_files = []
+    for key, status in (("TCGA-XX-0000-01Z", "ok"), ("TCGA-XX-0001-01Z", "ok"), ("broken", "failed")):
+        qc = {
+            "slide_id": key,
+            "status": status,
+            "reason": "",
+            "mpp": 0.25,
+            "mpp_source": "metadata",
+            "n_patches": 0 if status != "ok" else 100,
+            "seconds": 0.5,
+        }
+        (results / "tiles" / f"{key}.qc.json").write_text(json.dumps(qc))
+        qc_files.append(results / "tiles" / f"{key}.qc.json")
+        if status == "ok":
+            mpimg.imsave(
+                results / "tiles" / "qc" / f"{key}.png", np.random.default_rng(0).random((40, 60, 3))
+            )
+    return results / "cohort" / "slides.csv", qc_files
+
+
+@pytest.fixture
+def cohort_run(tmp_path):
+    """A cohort with 5 expected folds of G-HANet, fold 3 failed, and a broken slide."""
+    results = tmp_path / "results" / "demo_blca"
+    files = write_model_run(results, "ghanet", seed=0)
+    slides_csv, qc_files = write_slides(results)
+    return results, files, slides_csv, qc_files
+
+
+def test_cindex_report_has_every_fold_mean_std_and_pooled_c(cohort_run, tmp_path):
+    results, files, _, _ = cohort_run
+    out = tmp_path / "report"
+    table, test = report.write_cindex_report(
+        files["metrics"],
+        files["predictions"],
+        out / "cindex.md",
+        out / "cindex.csv",
+        out / "predictions.csv",
+        cohort="demo_blca",
+        folds=range(N_FOLDS),
+    )
+    md = (out / "cindex.md").read_text()
+    fold_lines = [
+        line for line in md.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()
+    ]
+    assert [line.split("|")[1].strip() for line in fold_lines] == ["0", "1", "2", "3", "4"]
+    assert "missing" in fold_lines[3] and "Missing folds: fold 3 (no metrics.json given)" in md
+
+    per_fold = [json.loads(p.read_text())["cindex"] for p in files["metrics"]]
+    expected = f"{np.mean(per_fold):.3f} ± {np.std(per_fold, ddof=1):.3f}"
+    assert f"| mean ± std         | {expected}" in md
+    assert "sample standard deviation (ddof=1)" in md and "4 completed fold(s) of 5" in md
+
+    all_test = pd.concat(pd.read_csv(p).query("split == 'test'") for p in files["predictions"])
+    pooled = concordance_index_censored(all_test["event"].astype(bool), all_test["time"], all_test["risk"])[0]
+    row = table[table["kind"] == "pooled"].iloc[0]
+    assert row["cindex_harrell"] == pytest.approx(pooled)
+    assert f"| pooled out-of-fold | {pooled:.3f}" in md
+    assert "(folds 0, 1, 2, 4)" in md
+    assert "AUC 12 mo" in md and "AUC 60 mo" in md
+    assert "- fold 0: auc_60m: 60 months is beyond the truncation time" in md
+
+    csv = pd.read_csv(out / "cindex.csv")
+    assert list(csv["kind"]) == ["fold"] * 5 + ["mean", "std", "pooled"]
+    assert csv.loc[csv["fold"] == "3", "status"].item() == "missing"
+    assert np.isnan(csv.loc[csv["kind"] == "mean", "auc_60m"].item())  # undefined everywhere stays undefined
+    assert csv.loc[csv["kind"] == "mean", "n_patients"].item() == len(all_test)
+
+    saved = pd.read_csv(out / "predictions.csv")
+    assert len(saved) == len(all_test) == 4 * N_PATIENTS // N_FOLDS
+    assert set(saved["split"]) == {"test"} and set(saved["fold"]) == {0, 1, 2, 4}
+    assert set(saved["risk_group"]) <= {"low risk", "high risk"}
+
+
+def test_risk_groups_cut_at_the_training_median_of_each_fold(cohort_run):
+    _, files, _, _ = cohort_run
+    predictions = pd.read_csv(files["predictions"][0])
+    grouped = report.assign_risk_groups(predictions, 2, files["predictions"][0])
+    median = predictions.loc[predictions["split"] != "test", "risk"].median()  # train + inner val
+    assert len(grouped) == (predictions["split"] == "test").sum()
+    assert (grouped["risk_group"] == np.where(grouped["risk"] > median, "high risk", "low risk")).all()
+    with pytest.raises(InputError, match="no training-fold rows"):
+        report.assign_risk_groups(predictions[predictions["split"] == "test"], 2, files["predictions"][0])
+
+
+def test_a_metrics_file_that_is_absent_or_failed_is_listed_with_its_reason(cohort_run, tmp_path):
+    results, files, _, _ = cohort_run
+    failed = results / "models" / "ghanet" / "fold_4" / "metrics.json"
+    failed.write_text(json.dumps({"status": "failed", "reason": "CUDA out of memory"}))
+    absent = results / "models" / "ghanet" / "fold_3" / "metrics.json"
+    table, _ = report.write_cindex_report(
+        [*files["metrics"], absent],
+        files["predictions"],
+        tmp_path / "c.md",
+        tmp_path / "c.csv",
+        cohort="demo_blca",
+    )
+    md = (tmp_path / "c.md").read_text()
+    assert f"fold 3 (metrics.json not found: {absent})" in md
+    assert "fold 4 (failed: CUDA out of memory)" in md
+    assert "3 completed fold(s) of 5" in md
+
+
+def test_failed_slides_table_lists_the_broken_slide_and_cohort_qc(cohort_run, tmp_path):
+    _, _, slides_csv, qc_files = cohort_run
+    slides = report.write_failed_slides(
+        [slides_csv], tmp_path / "failed.md", tmp_path / "failed.csv", qc_jsons=qc_files, target_mpp=0.5
+    )
+    md = (tmp_path / "failed.md").read_text()
+    assert "1 of 3 slides were not usable" in md
+    assert (
+        "| broken.svs" in md and "OpenSlide cannot open broken.svs: Unsupported or missing image file" in md
+    )
+    assert "Patches per usable slide: min 120, median 230, max 340" in md
+    assert "Encoder: efficientnet_lite0" in md and "Target resolution: 0.5 µm/px" in md
+    failed = pd.read_csv(tmp_path / "failed.csv")
+    assert failed["slide_id"].tolist() == ["broken.svs"] and failed["status"].tolist() == ["failed"]
+    assert len(slides) == 3  # QC JSON rows merge into the slides.csv rows (keys without extension aside)
+
+
+def test_failed_slides_says_none_failed_when_all_slides_are_usable(tmp_path):
+    slides = pd.DataFrame(
+        {"slide_id": ["a.svs", "b.svs"], "status": ["ok", "ok"], "reason": ["", ""], "n_patches": [5, 9]}
+    )
+    slides.to_csv(tmp_path / "slides.csv", index=False)
+    report.write_failed_slides(
+        [tmp_path / "slides.csv"], tmp_path / "f.md", tmp_path / "f.csv", encoder="resnet50_trunc"
+    )
+    assert "None failed: all 2 slides were usable." in (tmp_path / "f.md").read_text()
+    assert pd.read_csv(tmp_path / "f.csv").empty
+
+
+def test_tiling_qc_files_alone_give_the_failed_slides_and_three_risk_groups_work(tmp_path):
+    qc = {
+        "slide_id": "TCGA-CR-7395-01A-01-TS1.svs",
+        "status": "no_mpp",
+        "reason": "no MPP in metadata; add it to the slide table",
+    }
+    (tmp_path / "TCGA-CR-7395-01A-01-TS1.qc.json").write_text(json.dumps(qc))
+    (tmp_path / "ok.qc.json").write_text(json.dumps({"slide_id": "ok.svs", "status": "ok", "n_patches": 7}))
+    slides = report.write_failed_slides(
+        [], tmp_path / "f.md", tmp_path / "f.csv", qc_jsons=sorted(tmp_path.glob("*.qc.json"))
+    )
+    md = (tmp_path / "f.md").read_text()
+    assert (
+        "| TCGA-CR-7395-01A-01-TS1.svs | no_mpp" in md
+        and "no MPP in metadata; add it to the slide table" in md
+    )
+    assert set(slides["status"]) == {"ok", "no_mpp"}
+
+    predictions = fold_predictions(0, np.random.default_rng(1))
+    grouped = report.assign_risk_groups(predictions, 3, tmp_path / "predictions.csv")
+    cuts = np.quantile(predictions.loc[predictions["split"] != "test", "risk"], [1 / 3, 2 / 3])
+    expected = np.array(["low risk", "intermediate risk", "high risk"])[
+        np.digitize(grouped["risk"], cuts, right=True)
+    ]
+    assert (grouped["risk_group"] == expected).all()
+
+
+def test_paper_table_bolds_the_best_model_per_cohort(tmp_path):
+    cindex_csvs = []
+    for cohort, seeds in (("blca", (1, 2)), ("ucec", (3, 4))):
+        results = tmp_path / cohort
+        for model, seed in zip(("ghanet", "abmil"), seeds):
+            write_model_run(
+                results, model, seed, failed_folds=(3,) if model == "abmil" and cohort == "ucec" else ()
+            )
+        metrics = sorted(results.glob("models/*/fold_*/metrics.json"))
+        predictions = sorted(results.glob("models/*/fold_*/predictions.csv"))
+        report.write_cindex_report(
+            metrics, predictions, results / "c.md", results / "c.csv", cohort=cohort, folds=range(N_FOLDS)
+        )
+        cindex_csvs.append(results / "c.csv")
+    cells = report.write_paper_table(cindex_csvs, tmp_path / "p.md", tmp_path / "p.tex", tmp_path / "p.csv")
+
+    means = cells.pivot(index="model", columns="cohort", values="mean")
+    md = (tmp_path / "p.md").read_text()
+    tex = (tmp_path / "p.tex").read_text()
+    headers = [h.strip() for h in md.splitlines()[0].split("|")[1:-1]]
+    assert headers == ["Model", "blca", "ucec", "Overall"]
+    for cohort in ("blca", "ucec", "Overall"):
+        best = means[cohort].idxmax()
+        row = next(line for line in md.splitlines() if line.startswith(f"| {best}"))
+        cell = row.split("|")[headers.index(cohort) + 1].strip()
+        assert cell.startswith(f"**{means.at[best, cohort]:.3f}")
+    assert md.count("**") == 2 * 3  # one bold cell per column (no ties in this data)
+    stds = cells.pivot(index="model", columns="cohort", values="std")
+    assert f"{means.at['ghanet', 'blca']:.3f} ± {stds.at['ghanet', 'blca']:.3f}" in md
+    assert "†" in md and cells.query("model == 'abmil' and cohort == 'ucec'")["n_folds_ok"].item() == 4
+    assert "\\textbf{" in tex and "$\\pm$" in tex and "\\begin{tabular}" in tex
+    assert set(pd.read_csv(tmp_path / "p.csv")["cohort"]) == {"blca", "ucec", "Overall"}
+    assert report.main(["paper", "--cindex", *map(str, cindex_csvs), "--out-dir", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "paper_table.md").read_text() == md
+
+
+def test_reconstruction_table_averages_folds_and_names_top_genes(tmp_path):
+    paths = []
+    for fold, shift in ((0, 0.0), (1, 0.2)):
+        fold_dir = tmp_path / "models" / "ghanet" / f"fold_{fold}"
+        fold_dir.mkdir(parents=True)
+        pd.DataFrame(
+            {
+                "group": ["Tumor Suppression"] * 3 + ["Oncogenesis"] * 2,
+                "gene": ["TP53_mut", "RB1_cnv", "PTEN_rnaseq", "MYC_cnv", "KRAS_mut"],
+                "pearson_r": [0.5 + shift, 0.1 + shift, 0.3 + shift, 0.4, np.nan],
+            }
+        ).to_csv(fold_dir / "reconstruction.csv", index=False)
+        paths.append(fold_dir / "reconstruction.csv")
+    paths.append(tmp_path / "models" / "ghanet" / "fold_2" / "reconstruction.csv")  # missing on disk
+    table = report.write_reconstruction_report(
+        paths, tmp_path / "r.md", tmp_path / "r.csv", options={"top_genes": 2}
+    )
+    row = table.set_index("group").loc["Tumor Suppression"]
+    assert row["mean_r"] == pytest.approx(0.4) and row["std_r"] == pytest.approx(np.std([0.3, 0.5], ddof=1))
+    assert row["top_genes"] == "TP53_mut (0.600), PTEN_rnaseq (0.400)"
+    md = (tmp_path / "r.md").read_text()
+    assert "| Tumor Suppression" in md and "0.400 ± 0.141" in md and "fold 2 (not found:" in md
+
+
+def test_main_writes_tables_and_figures_from_explicit_lists(cohort_run, tmp_path):
+    results, files, slides_csv, qc_files = cohort_run
+    out = results / "report"
+    argv = [
+        "--metrics",
+        *map(str, files["metrics"]),
+        "--predictions",
+        *map(str, files["predictions"]),
+        "--training-logs",
+        *map(str, files["training_logs"]),
+        "--slides",
+        str(slides_csv),
+        "--qc",
+        *map(str, qc_files),
+        "--folds",
+        *map(str, range(N_FOLDS)),
+        "--out-dir",
+        str(out),
+        "--options",
+        json.dumps({"decimals": 2, "formats": ["png", "svg"]}),
+    ]
+    assert report.main(argv) == 0
+    for name in ("km", "cindex_strip", "training_curves", "qc_contact_sheet"):
+        png = out / f"{name}.png"
+        assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 5_000, name
+        assert (out / f"{name}.svg").read_text().lstrip().startswith("<?xml")
+    md = (out / "cindex.md").read_text()
+    assert md.startswith("# C-index — demo_blca") and "Missing folds: fold 3" in md
+    assert re.search(r"\| mean ± std +\| 0\.\d\d ± 0\.\d\d +\|", md)  # decimals=2 from --options
+    assert "broken.svs" in (out / "failed_slides.md").read_text()
+
+
+def test_main_finds_the_same_files_from_the_results_dir(cohort_run, tmp_path):
+    results, files, _, _ = cohort_run
+    explicit = tmp_path / "explicit"
+    assert (
+        report.main(
+            [
+                "--metrics",
+                *map(str, files["metrics"]),
+                "--predictions",
+                *map(str, files["predictions"]),
+                "--cohort",
+                "demo_blca",
+                "--out-dir",
+                str(explicit),
+            ]
+        )
+        == 0
+    )
+    assert (
+        report.main(["--results-dir", str(results), "--models", "ghanet", "--folds", *map(str, range(5))])
+        == 0
+    )
+    found = pd.read_csv(results / "report" / "cindex.csv")
+    given = pd.read_csv(explicit / "cindex.csv")
+    found = found[found["fold"] != "3"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(found.drop(columns="reason"), given.drop(columns="reason"))
+    assert (results / "report" / "qc_contact_sheet.png").stat().st_size > 0
+
+
+def test_bad_inputs_raise_errors_that_name_the_file_and_what_to_do(cohort_run, tmp_path, capsys):
+    _, files, _, _ = cohort_run
+    broken = tmp_path / "models" / "ghanet" / "fold_0" / "predictions.csv"
+    broken.parent.mkdir(parents=True)
+    pd.read_csv(files["predictions"][0]).drop(columns="risk").to_csv(broken, index=False)
+    with pytest.raises(InputError, match=r"predictions\.csv: missing column\(s\) \['risk'\]"):
+        report.write_cindex_report([], [broken], tmp_path / "c.md", tmp_path / "c.csv", cohort="x")
+    with pytest.raises(InputError, match="unknown key"):
+        report.resolve_options({"decimal": 2})
+    with pytest.raises(InputError, match="cannot tell the fold"):
+        report.model_and_fold(tmp_path / "metrics.json")
+    assert report.main(["--predictions", str(broken), "--out-dir", str(tmp_path / "out")]) == 2
+    assert "missing column(s) ['risk']" in capsys.readouterr().err
