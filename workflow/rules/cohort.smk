@@ -11,15 +11,15 @@ rule build_cohort:
         genomics=f"{RESULTS}/cohort/genomics.csv.gz",
         groups=f"{RESULTS}/cohort/groups.json",
         slides=f"{RESULTS}/cohort/slides.csv",
-    params:
-        out_dir=f"{RESULTS}/cohort",
-        options=json.dumps({"filters": config["filters"]}),
     log:
         f"{LOGS}/build_cohort.log",
     conda:
         "../../envs/report.yaml"
+    params:
+        out_dir=parent_dir("patients"),
+        options=json.dumps({"filters": config["filters"]}),
     shell:
-        "{GHANET_WF} cohort --clinical {input.clinical:q} --signatures {input.signatures:q}"
+        "python -m ghanet_workflow.cli cohort --clinical {input.clinical:q} --signatures {input.signatures:q}"
         " --features {input.features:q} --out-dir {params.out_dir:q}"
         " --options {params.options:q} > {log:q} 2>&1"
 
@@ -29,13 +29,13 @@ rule make_splits:
         patients=rules.build_cohort.output.patients,
     output:
         expand(f"{RESULTS}/splits/fold_{{fold}}.csv", fold=FOLDS),
-    params:
-        out_dir=f"{RESULTS}/splits",
-        options=options("splits"),
     log:
         f"{LOGS}/make_splits.log",
     conda:
         "../../envs/report.yaml"
+    params:
+        out_dir=parent_dir(0),
+        options=options("splits"),
     shell:
-        "{GHANET_WF} splits --patients {input.patients:q} --out-dir {params.out_dir:q}"
+        "python -m ghanet_workflow.cli splits --patients {input.patients:q} --out-dir {params.out_dir:q}"
         " --options {params.options:q} > {log:q} 2>&1"

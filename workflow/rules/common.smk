@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pandas as pd
 
-
 # ---------------------------------------------------------------- paths
 
 REPO = Path(workflow.basedir)
@@ -18,12 +17,41 @@ FOLDS = list(range(config["splits"]["k"]))
 MODELS = config["training"]["models"]
 DEMO_SLIDE_DIR = "results/demo_slides"
 
-# Every rule calls the package through the interpreter on PATH (the project's venv or a
-# conda env); PYTHONPATH makes an un-installed checkout work too.
-GHANET_WF = (
-    f"PYTHONPATH={shlex.quote(str(REPO / 'src'))}${{PYTHONPATH:+:$PYTHONPATH}} "
-    "python -m ghanet_workflow.cli"
+# Every rule calls `python -m ghanet_workflow.cli <stage>` with the interpreter on PATH (the
+# project's venv, or a conda env from envs/); PYTHONPATH makes the checkout's package importable
+# in either case, on the submit host and on cluster nodes alike.
+shell.prefix(
+    f"set -euo pipefail; export PYTHONPATH={shlex.quote(str(REPO / 'src'))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
 )
+
+
+def train_options():
+    return json.dumps(
+        {
+            "training": config["training"],
+            "genomics": config["genomics"],
+            "evaluation": config["evaluation"],
+        },
+        sort_keys=True,
+    )
+
+
+def parent_dir(name):
+    """Params function: the folder of output ``name`` (keeps paths derived from outputs)."""
+
+    def folder(wildcards, output):
+        return str(Path(output[name]).parent)
+
+    return folder
+
+
+def sibling_dir(name):
+    """Params function: the folder of input ``name``."""
+
+    def folder(wildcards, input):
+        return str(Path(input[name]).parent)
+
+    return folder
 
 
 def options(section):
@@ -37,7 +65,18 @@ def options(section):
 def slide_key(slide_id):
     """Wildcard-safe key of a slide: its id without the file extension."""
     name = str(slide_id)
-    for ext in (".svs", ".tiff", ".tif", ".ndpi", ".mrxs", ".scn", ".dcm", ".bif", ".vms", ".svslide"):
+    for ext in (
+        ".svs",
+        ".tiff",
+        ".tif",
+        ".ndpi",
+        ".mrxs",
+        ".scn",
+        ".dcm",
+        ".bif",
+        ".vms",
+        ".svslide",
+    ):
         if name.lower().endswith(ext):
             return name[: -len(ext)]
     return name
@@ -60,7 +99,9 @@ def load_slide_table():
     slides["mpp"] = float("nan")
     table_path = config["slides"].get("table")
     if table_path:
-        extra = pd.read_csv(table_path, sep=None, engine="python", dtype={"slide_id": str})
+        extra = pd.read_csv(
+            table_path, sep=None, engine="python", dtype={"slide_id": str}
+        )
         unknown = sorted(set(extra["slide_id"]) - set(slides["slide_id"]))
         if unknown:
             raise ValueError(
@@ -75,7 +116,9 @@ def load_slide_table():
     if "path" not in slides or slides["path"].isna().any():
         slides_dir = config["slides"].get("dir")
         if not slides_dir and ("path" not in slides or slides["path"].isna().any()):
-            missing = slides.loc[slides.get("path", pd.Series(index=slides.index)).isna(), "slide_id"]
+            missing = slides.loc[
+                slides.get("path", pd.Series(index=slides.index)).isna(), "slide_id"
+            ]
             raise ValueError(
                 f"config key slides.dir is empty and the slide table gives no path for "
                 f"{list(missing)[:5]}: set slides.dir (folder of the slide files) in the config"
@@ -85,9 +128,15 @@ def load_slide_table():
     slides["key"] = slides["slide_id"].map(slide_key)
     duplicated = slides.loc[slides["key"].duplicated(), "slide_id"]
     if len(duplicated):
-        raise ValueError(f"clinical table: slide ids {list(duplicated)[:5]} collide once the extension is dropped")
-    slides["produced"] = slides["path"].map(lambda p: Path(str(p)).parent.as_posix() == DEMO_SLIDE_DIR)
-    slides["exists"] = slides["produced"] | slides["path"].map(lambda p: _resolve(p).is_file())
+        raise ValueError(
+            f"clinical table: slide ids {list(duplicated)[:5]} collide once the extension is dropped"
+        )
+    slides["produced"] = slides["path"].map(
+        lambda p: Path(str(p)).parent.as_posix() == DEMO_SLIDE_DIR
+    )
+    slides["exists"] = slides["produced"] | slides["path"].map(
+        lambda p: _resolve(p).is_file()
+    )
     return slides.set_index("key", drop=False)
 
 
@@ -134,7 +183,9 @@ def tile_qc_files(wildcards=None):
 
 
 def fold_outputs(name):
-    return expand(f"{RESULTS}/models/{{model}}/fold_{{fold}}/{name}", model=MODELS, fold=FOLDS)
+    return expand(
+        f"{RESULTS}/models/{{model}}/fold_{{fold}}/{name}", model=MODELS, fold=FOLDS
+    )
 
 
 def report_outputs():

@@ -8,12 +8,12 @@ rule demo_slide:
         clinical=config["clinical"],
     output:
         f"{DEMO_SLIDE_DIR}/{{demo_slide}}",
-    params:
-        options=options("demo"),
     log:
         f"logs/demo_slides/{{demo_slide}}.log",
     conda:
         "../../envs/slides.yaml"
+    params:
+        options=options("demo"),
     shell:
-        "{GHANET_WF} demo-slide --slide-id {wildcards.demo_slide:q} --clinical {input.clinical:q}"
+        "python -m ghanet_workflow.cli demo-slide --slide-id {wildcards.demo_slide:q} --clinical {input.clinical:q}"
         " --out {output:q} --options {params.options:q} > {log:q} 2>&1"

@@ -7,17 +7,17 @@ rule extract_features:
         coords=rules.tile_slide.output.coords,
     output:
         f"{RESULTS}/features/{{encoder}}/{{slide}}.h5",
-    params:
-        options=options("features"),
+    log:
+        f"{LOGS}/extract_features/{{encoder}}/{{slide}}.log",
+    conda:
+        "../../envs/torch.yaml"
     threads: 2
     resources:
         gpu=1,
         mem_mb=mem_mb_features,
         runtime=runtime_features,
-    log:
-        f"{LOGS}/extract_features/{{encoder}}/{{slide}}.log",
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        options=options("features"),
     shell:
-        "{GHANET_WF} extract --slides {input.slide:q} --coords {input.coords:q} --out {output:q}"
+        "python -m ghanet_workflow.cli extract --slides {input.slide:q} --coords {input.coords:q} --out {output:q}"
         " --options {params.options:q} > {log:q} 2>&1"

@@ -11,14 +11,14 @@ rule report:
         cindex_md=f"{RESULTS}/report/cindex.md",
         cindex_csv=f"{RESULTS}/report/cindex.csv",
         failed_md=f"{RESULTS}/report/failed_slides.md",
-    params:
-        out_dir=f"{RESULTS}/report",
-        options=options("report"),
     log:
         f"{LOGS}/report.log",
     conda:
         "../../envs/report.yaml"
+    params:
+        out_dir=parent_dir("cindex_md"),
+        options=options("report"),
     shell:
-        "{GHANET_WF} report --metrics {input.metrics:q} --predictions {input.predictions:q}"
+        "python -m ghanet_workflow.cli report --metrics {input.metrics:q} --predictions {input.predictions:q}"
         " --slides {input.slides:q} --qc {input.qc:q} --out-dir {params.out_dir:q}"
         " --options {params.options:q} > {log:q} 2>&1"

@@ -10,15 +10,15 @@ rule tile_slide:
         coords=f"{RESULTS}/tiles/{{slide}}.h5",
         qc=f"{RESULTS}/tiles/{{slide}}.qc.json",
         png=f"{RESULTS}/tiles/qc/{{slide}}.png",
-    params:
-        slide_id=slide_id,
-        mpp=mpp_option,
-        options=options("tiling"),
     log:
         f"{LOGS}/tile_slide/{{slide}}.log",
     conda:
         "../../envs/slides.yaml"
+    params:
+        slide_id=slide_id,
+        mpp=mpp_option,
+        options=options("tiling"),
     shell:
-        "{GHANET_WF} tile --slide {input.slide:q} --slide-id {params.slide_id:q} {params.mpp}"
+        "python -m ghanet_workflow.cli tile --slide {input.slide:q} --slide-id {params.slide_id:q} {params.mpp}"
         " --out-h5 {output.coords:q} --out-qc-json {output.qc:q} --out-png {output.png:q}"
         " --options {params.options:q} > {log:q} 2>&1"

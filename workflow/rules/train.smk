@@ -2,17 +2,6 @@
 # an atomic checkpoint every epoch (a killed or timed-out job resumes on rerun), prediction and metrics.
 
 
-def train_options():
-    return json.dumps(
-        {
-            "training": config["training"],
-            "genomics": config["genomics"],
-            "evaluation": config["evaluation"],
-        },
-        sort_keys=True,
-    )
-
-
 rule train_fold:
     input:
         patients=rules.build_cohort.output.patients,
@@ -25,20 +14,20 @@ rule train_fold:
         metrics=f"{RESULTS}/models/{{model}}/fold_{{fold}}/metrics.json",
         model=f"{RESULTS}/models/{{model}}/fold_{{fold}}/model.pt",
         log_csv=f"{RESULTS}/models/{{model}}/fold_{{fold}}/training_log.csv",
-    params:
-        cohort_dir=f"{RESULTS}/cohort",
-        out_dir=f"{RESULTS}/models/{{model}}/fold_{{fold}}",
-        options=train_options(),
+    log:
+        f"{LOGS}/train_fold/{{model}}_fold_{{fold}}.log",
+    conda:
+        "../../envs/torch.yaml"
     threads: 2
     resources:
         gpu=1,
         mem_mb=mem_mb_training,
         runtime=runtime_training,
-    log:
-        f"{LOGS}/train_fold/{{model}}_fold_{{fold}}.log",
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        cohort_dir=sibling_dir("patients"),
+        out_dir=parent_dir("predictions"),
+        options=train_options(),
     shell:
-        "{GHANET_WF} train --cohort-dir {params.cohort_dir:q} --fold-csv {input.fold:q}"
+        "python -m ghanet_workflow.cli train --cohort-dir {params.cohort_dir:q} --fold-csv {input.fold:q}"
         " --model {wildcards.model:q} --out-dir {params.out_dir:q}"
         " --options {params.options:q} > {log:q} 2>&1"
