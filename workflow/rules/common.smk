@@ -182,6 +182,10 @@ def tile_qc_files(wildcards=None):
     return expand(f"{RESULTS}/tiles/{{slide}}.qc.json", slide=PRESENT.index)
 
 
+def tile_qc_pngs(wildcards=None):
+    return expand(f"{RESULTS}/tiles/qc/{{slide}}.png", slide=PRESENT.index)
+
+
 def fold_outputs(name):
     return expand(
         f"{RESULTS}/models/{{model}}/fold_{{fold}}/{name}", model=MODELS, fold=FOLDS
@@ -193,6 +197,7 @@ def report_outputs():
         f"{RESULTS}/report/cindex.md",
         f"{RESULTS}/report/cindex.csv",
         f"{RESULTS}/report/failed_slides.md",
+        f"{RESULTS}/report/km.png",
     ]
 
 
