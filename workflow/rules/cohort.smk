@@ -5,7 +5,7 @@ rule build_cohort:
     input:
         clinical=config["clinical"],
         signatures=config["signatures"],
-        features=feature_files,
+        manifests=feature_manifests,
     output:
         patients=f"{RESULTS}/cohort/patients.csv",
         genomics=f"{RESULTS}/cohort/genomics.csv.gz",
@@ -16,11 +16,12 @@ rule build_cohort:
     conda:
         "../../envs/report.yaml"
     params:
+        features=feature_files(),
         out_dir=parent_dir("patients"),
         options=json.dumps({"filters": config["filters"]}),
     shell:
         "python -m ghanet_workflow.cli cohort --clinical {input.clinical:q} --signatures {input.signatures:q}"
-        " --features {input.features:q} --out-dir {params.out_dir:q}"
+        " --features {params.features:q} --out-dir {params.out_dir:q}"
         " --options {params.options:q} > {log:q} 2>&1"
 
 

@@ -156,6 +156,7 @@ wildcard_constraints:
     encoder="[^/]+",
     model="[^/]+",
     fold=r"\d+",
+    chunk=r"chunk\d+",
 
 
 # ---------------------------------------------------------------- input functions
@@ -174,8 +175,43 @@ def mpp_option(wildcards):
     return "" if pd.isna(mpp) else f"--mpp {float(mpp)}"
 
 
+def _chunks(keys, size):
+    keys = sorted(keys)
+    return {
+        f"chunk{i // size:04d}": keys[i : i + size] for i in range(0, len(keys), size)
+    }
+
+
+FEATURE_CHUNKS = _chunks(
+    PRESENT.index, int(config["features"].get("slides_per_job", 16))
+)
+
+
+def feature_file(key):
+    return f"{RESULTS}/features/{ENCODER}/{key}.h5"
+
+
 def feature_files(wildcards=None):
-    return expand(f"{RESULTS}/features/{ENCODER}/{{slide}}.h5", slide=PRESENT.index)
+    """Per-slide feature HDF5 files (written by the chunk jobs)."""
+    return [feature_file(key) for key in sorted(PRESENT.index)]
+
+
+def feature_manifests(wildcards=None):
+    return expand(
+        f"{RESULTS}/features/{ENCODER}/chunks/{{chunk}}.txt", chunk=FEATURE_CHUNKS
+    )
+
+
+def chunk_slide_paths(wildcards):
+    return [SLIDES.loc[key, "path"] for key in FEATURE_CHUNKS[wildcards.chunk]]
+
+
+def chunk_coords(wildcards):
+    return [f"{RESULTS}/tiles/{key}.h5" for key in FEATURE_CHUNKS[wildcards.chunk]]
+
+
+def chunk_feature_files(wildcards):
+    return [feature_file(key) for key in FEATURE_CHUNKS[wildcards.chunk]]
 
 
 def tile_qc_files(wildcards=None):

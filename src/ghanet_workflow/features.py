@@ -1,0 +1,734 @@
+"""Patch features: one encoder load for many slides, uint8 patches to the device, resize there.
+
+Data path: a torch DataLoader whose workers each open their own OpenSlide handle (lazily) and read
+the patches of one batch at the coords' pyramid level as uint8 tensors; the main process moves the
+batch to the device (pinned memory on CUDA), converts, resizes (antialiased bilinear) and normalises
+there, in one batched op, and runs the encoder under the registry's autocast precision (fp32 on the
+CPU). Batches never mix slides, and one DataLoader serves every slide of the job, so the device is
+not idle between slides. A region that fails to read is retried once on a fresh handle and then
+dropped and counted; a slide with too many such patches fails with the reason.
+
+Outputs follow docs/CONTRACTS.md (``features``, ``coords`` and attributes); an existing complete
+output whose fingerprint (encoder, weights, precision, options, coords) matches is not recomputed.
+Bring-your-own CLAM/TRIDENT features (``.h5`` or ``.pt``) are imported with their dimension checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Mapping, NamedTuple, Sequence
+
+import h5py
+import numpy as np
+import openslide
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from . import __version__
+from .atomic import atomic_path
+from .encoders import EncoderSpec, check_sha256, get_spec, load_encoder, resolve_weights
+from .errors import InputError
+
+#: config ``features`` section: option -> default (see config/README.md)
+DEFAULTS: dict[str, object] = {
+    "encoder": "efficientnet_lite0",
+    "weights": None,
+    "weights_sha256": None,
+    "batch_size": 64,
+    "num_workers": 2,
+    "prefetch_factor": 4,
+    "device": "auto",
+    "precision": "auto",
+    "feature_dtype": "float32",
+    "max_bad_fraction": 0.05,
+    "save_pt": False,
+    "progress": True,
+    "slides_per_job": 16,
+    "external_dir": None,
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "device": ("auto", "cpu", "cuda"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+    "feature_dtype": ("float32", "float16"),
+}
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: options that change the numbers written, hence part of the resume fingerprint
+FINGERPRINT_OPTIONS = ("encoder", "feature_dtype", "max_bad_fraction")
+
+
+# --------------------------------------------------------------------------- options
+def resolve_options(options: Mapping[str, object] | None) -> dict[str, object]:
+    """DEFAULTS updated with ``options``; unknown keys and bad values raise an InputError."""
+    merged = dict(DEFAULTS)
+    for key, value in (options or {}).items():
+        if key not in DEFAULTS:
+            raise InputError(f"config features.{key}: unknown option; known options are {sorted(DEFAULTS)}")
+        merged[key] = value
+    for key, allowed in CHOICES.items():
+        if merged[key] not in allowed:
+            raise InputError(f"config features.{key}: {merged[key]!r} is not one of {list(allowed)}")
+    if int(merged["batch_size"]) < 1:
+        raise InputError(f"config features.batch_size: must be >= 1, got {merged['batch_size']!r}")
+    if int(merged["num_workers"]) < 0:
+        raise InputError(f"config features.num_workers: must be >= 0, got {merged['num_workers']!r}")
+    if not 0.0 <= float(merged["max_bad_fraction"]) <= 1.0:
+        raise InputError(f"config features.max_bad_fraction: must be in [0, 1], got {merged['max_bad_fraction']!r}")
+    return merged
+
+
+def resolve_device(choice: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is an InputError."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise InputError("config features.device: 'cuda' requested but no CUDA device is visible; use 'auto' or 'cpu'")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def resolve_precision(choice: str, spec: EncoderSpec, device: torch.device) -> str:
+    """Autocast precision: the registry's preference on CUDA for ``auto``; always fp32 on the CPU."""
+    if device.type != "cuda":
+        return "fp32"
+    return spec.precision if choice == "auto" else choice
+
+
+# --------------------------------------------------------------------------- coords input
+@dataclass
+class SlidePlan:
+    """One slide's work: where to read, what to write, and what the coords file says."""
+
+    slide_path: Path
+    coords_h5: Path
+    out_h5: Path
+    slide_id: str
+    coords: np.ndarray  #: (N, 2) int64 level-0 x, y
+    level: int
+    patch_size_level0: int
+    read_size: int = 0  #: patch side in pixels at ``level``
+    status: str = "ok"
+    reason: str = ""
+    tiling_attrs: dict = field(default_factory=dict)
+    fingerprint: str = ""
+
+
+def read_coords(coords_h5: Path) -> tuple[np.ndarray, dict]:
+    """Coordinates (N, 2) int64 and the attributes of a tiling-stage HDF5 file."""
+    if not coords_h5.is_file():
+        raise InputError(f"coords file {str(coords_h5)!r} does not exist; run the tiling stage for this slide first")
+    try:
+        with h5py.File(coords_h5, "r") as handle:
+            coords = np.asarray(handle["coords"][...], dtype=np.int64).reshape(-1, 2)
+            attrs = {key: _plain(value) for key, value in handle.attrs.items()}
+    except (OSError, KeyError) as exc:
+        raise InputError(f"coords file {str(coords_h5)!r} is not a tiling HDF5 with a 'coords' dataset: {exc}") from exc
+    return coords, attrs
+
+
+def _plain(value):
+    """HDF5 attribute -> plain Python value (bytes decoded, numpy scalars unwrapped)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def plan_slide(slide_path: str | Path, coords_h5: str | Path, out_h5: str | Path) -> SlidePlan:
+    """Read the coords file and the slide's pyramid to decide how each patch is read."""
+    coords_h5 = Path(coords_h5)
+    coords, attrs = read_coords(coords_h5)
+    slide_path = Path(slide_path)
+    plan = SlidePlan(
+        slide_path=slide_path,
+        coords_h5=coords_h5,
+        out_h5=Path(out_h5),
+        slide_id=str(attrs.get("slide_id") or slide_path.stem),
+        coords=coords,
+        level=int(attrs.get("patch_level", 0)),
+        patch_size_level0=int(attrs.get("patch_size_level0", attrs.get("patch_size", 0))),
+        status=str(attrs.get("status", "ok")),
+        reason=str(attrs.get("reason", "")),
+        tiling_attrs=attrs,
+    )
+    if plan.status != "ok":
+        plan.coords = coords[:0]
+    elif len(coords):
+        _set_read_size(plan)
+    return plan
+
+
+def _set_read_size(plan: SlidePlan) -> None:
+    """Patch side at the coords' level from the slide's own downsample; failures go into the plan."""
+    if plan.patch_size_level0 < 1:
+        raise InputError(f"coords file {str(plan.coords_h5)!r}: attribute patch_size_level0 is missing or < 1")
+    try:
+        with openslide.OpenSlide(str(plan.slide_path)) as slide:
+            if plan.level >= slide.level_count:
+                _fail(plan, f"coords level {plan.level} does not exist (slide has {slide.level_count} levels)")
+                return
+            downsample = slide.level_downsamples[plan.level]
+    except (openslide.OpenSlideError, OSError) as exc:
+        _fail(plan, f"cannot open slide: {type(exc).__name__}: {exc}")
+        return
+    plan.read_size = max(1, round(plan.patch_size_level0 / downsample))
+
+
+def _fail(plan: SlidePlan, reason: str) -> None:
+    """Mark ``plan`` failed: nothing will be read, a (0, D) file records the reason."""
+    plan.status, plan.reason, plan.coords = "failed", reason, plan.coords[:0]
+
+
+# --------------------------------------------------------------------------- reading patches
+class PatchBatch(NamedTuple):
+    """What a DataLoader worker hands over: the readable patches of one batch of one slide."""
+
+    slide_index: int
+    rows: torch.Tensor  #: int64 (n,) coords rows of ``pixels``
+    pixels: torch.Tensor  #: uint8 (n, 3, S, S)
+    bad_rows: torch.Tensor  #: int64 (m,) rows that could not be read (after one retry)
+    first_error: str
+
+
+class SlideReader:
+    """One process's OpenSlide handle on one slide, opened lazily, reopened after an error."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._slide: openslide.OpenSlide | None = None
+
+    def read(self, x: int, y: int, level: int, size: int) -> np.ndarray:
+        """RGB uint8 (size, size, 3) region at ``level`` whose top-left is level-0 (x, y)."""
+        if self._slide is None:
+            self._slide = openslide.OpenSlide(str(self.path))
+        region = self._slide.read_region((int(x), int(y)), level, (size, size))
+        return np.asarray(region)[:, :, :3]
+
+    def read_with_retry(self, x: int, y: int, level: int, size: int) -> np.ndarray:
+        """Read once; on an error reopen the handle (OpenSlide handles stay broken) and retry once."""
+        try:
+            return self.read(x, y, level, size)
+        except (openslide.OpenSlideError, OSError):
+            self.close()
+            try:
+                return self.read(x, y, level, size)
+            except (openslide.OpenSlideError, OSError):
+                self.close()  # leave a fresh handle for the next patch
+                raise
+
+    def close(self) -> None:
+        """Close the handle (the next read reopens it)."""
+        if self._slide is not None:
+            self._slide.close()
+            self._slide = None
+
+
+class BatchKey(NamedTuple):
+    """A batch: rows ``start:stop`` of slide ``slide_index``."""
+
+    slide_index: int
+    start: int
+    stop: int
+
+
+class PatchBatches(Dataset):
+    """Map-style dataset whose items are whole batches (``BatchKey`` -> ``PatchBatch``).
+
+    Each process keeps its own handle on the slide it is reading; handles are never shared
+    across processes (they are created after the DataLoader forks its workers).
+    """
+
+    def __init__(self, plans: Sequence[SlidePlan]):
+        self.plans = list(plans)
+        self._reader: SlideReader | None = None
+        self._reader_slide = -1
+
+    def _reader_for(self, slide_index: int) -> SlideReader:
+        """This process's reader for ``slide_index`` (the previous slide's handle is closed)."""
+        if self._reader_slide != slide_index:
+            if self._reader is not None:
+                self._reader.close()
+            self._reader = SlideReader(self.plans[slide_index].slide_path)
+            self._reader_slide = slide_index
+        return self._reader
+
+    def __getitem__(self, key: BatchKey) -> PatchBatch:
+        plan = self.plans[key.slide_index]
+        reader = self._reader_for(key.slide_index)
+        size = plan.read_size
+        good_rows, bad_rows, patches, first_error = [], [], [], ""
+        for row in range(key.start, key.stop):
+            x, y = plan.coords[row]
+            try:
+                patches.append(reader.read_with_retry(x, y, plan.level, size))
+                good_rows.append(row)
+            except (openslide.OpenSlideError, OSError) as exc:
+                bad_rows.append(row)
+                first_error = first_error or f"{type(exc).__name__}: {exc} at (x={x}, y={y})"
+        pixels = (
+            torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2)
+            if patches
+            else torch.empty((0, 3, size, size), dtype=torch.uint8)
+        )
+        return PatchBatch(
+            key.slide_index,
+            torch.tensor(good_rows, dtype=torch.int64),
+            pixels,
+            torch.tensor(bad_rows, dtype=torch.int64),
+            first_error,
+        )
+
+
+def batch_keys(plans: Sequence[SlidePlan], batch_size: int) -> list[BatchKey]:
+    """Row-major batches of ``batch_size`` patches; a batch never spans two slides."""
+    return [
+        BatchKey(index, start, min(start + batch_size, len(plan.coords)))
+        for index, plan in enumerate(plans)
+        for start in range(0, len(plan.coords), batch_size)
+    ]
+
+
+def make_loader(plans: Sequence[SlidePlan], options: Mapping, device: torch.device) -> DataLoader:
+    """DataLoader over whole batches: workers read, the main process only moves tensors."""
+    workers = int(options["num_workers"])
+    return DataLoader(
+        PatchBatches(plans),
+        batch_size=None,
+        sampler=batch_keys(plans, int(options["batch_size"])),
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=int(options["prefetch_factor"]) if workers else None,
+        persistent_workers=False,
+    )
+
+
+# --------------------------------------------------------------------------- on-device preprocessing
+class DevicePreprocess:
+    """uint8 (B, 3, S, S) -> normalised float (B, 3, size, size) on the device, in one batched op."""
+
+    def __init__(self, spec: EncoderSpec, device: torch.device):
+        self.size = spec.input_size
+        self.mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
+        self.device = device
+        self.channels_last = spec.is_cnn
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        batch = pixels.to(self.device, non_blocking=True).float().div_(255.0)
+        batch = resize_patches(batch, self.size)
+        batch = batch.sub_(self.mean).div_(self.std)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+
+def resize_patches(batch: torch.Tensor, size: int) -> torch.Tensor:
+    """Antialiased bilinear resize of float (B, 3, H, W) to (B, 3, size, size); no-op if equal."""
+    if batch.shape[-2:] == (size, size):
+        return batch
+    return F.interpolate(batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+class Encoder:
+    """The loaded model plus its on-device preprocessing and autocast precision."""
+
+    def __init__(self, model: torch.nn.Module, spec: EncoderSpec, device: torch.device, precision: str):
+        self.model, self.spec, self.device, self.precision = model, spec, device, precision
+        self.preprocess = DevicePreprocess(spec, device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed patch size: let cuDNN pick the fastest kernels
+
+    @torch.inference_mode()
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Features (B, D) float32 on the device for uint8 patches (B, 3, S, S)."""
+        batch = self.preprocess(pixels)
+        if self.precision in AUTOCAST_DTYPES:
+            with torch.autocast(device_type=self.device.type, dtype=AUTOCAST_DTYPES[self.precision]):
+                features = self.model(batch)
+        else:
+            features = self.model(batch)
+        return features.float()
+
+
+# --------------------------------------------------------------------------- per-slide results
+@dataclass
+class SlideFeatures:
+    """Features gathered for one slide while its batches stream in (kept on the device)."""
+
+    features: list[torch.Tensor] = field(default_factory=list)
+    rows: list[torch.Tensor] = field(default_factory=list)
+    n_bad: int = 0
+    first_error: str = ""
+
+    def add(self, batch: PatchBatch, features: torch.Tensor | None) -> None:
+        """Record one batch's features and bad patches."""
+        if features is not None:
+            self.features.append(features)
+            self.rows.append(batch.rows)
+        self.n_bad += len(batch.bad_rows)
+        self.first_error = self.first_error or batch.first_error
+
+
+def finish_slide(plan: SlidePlan, gathered: SlideFeatures, run: RunContext) -> tuple[np.ndarray, np.ndarray]:
+    """Check bad-patch fraction and finiteness; return (features, coords) or (0, D) with plan failed."""
+    n_total, dim = len(plan.coords), run.spec.feature_dim
+    features = torch.cat(gathered.features).cpu().numpy() if gathered.features else np.zeros((0, dim), np.float32)
+    rows = torch.cat(gathered.rows).numpy() if gathered.rows else np.zeros(0, np.int64)
+    limit = float(run.options["max_bad_fraction"])
+    if n_total and gathered.n_bad / n_total > limit:
+        _fail(
+            plan,
+            f"{gathered.n_bad} of {n_total} patches unreadable after a retry (first: {gathered.first_error}); "
+            f"above features.max_bad_fraction={limit}",
+        )
+    elif not np.isfinite(features).all():
+        n_bad = int((~np.isfinite(features).all(axis=1)).sum())
+        _fail(
+            plan,
+            f"{n_bad} patches have non-finite features (precision {run.precision}); "
+            "set features.precision to fp32",
+        )
+    if plan.status != "ok":
+        return np.zeros((0, dim), np.float32), np.zeros((0, 2), np.int64)
+    return features, plan.coords[rows]
+
+
+# --------------------------------------------------------------------------- output files
+def coords_digest(plan: SlidePlan) -> str:
+    """SHA-256 of what was asked: coords, level, patch size, tiling status."""
+    digest = hashlib.sha256(np.ascontiguousarray(plan.coords).tobytes())
+    digest.update(json.dumps([plan.level, plan.patch_size_level0, plan.status, plan.reason]).encode())
+    return digest.hexdigest()
+
+
+def fingerprint(plan: SlidePlan, options: Mapping, weights_sha256: str, precision: str) -> str:
+    """Resume key: an output with the same fingerprint needs no recomputation."""
+    payload = {key: options[key] for key in FINGERPRINT_OPTIONS}
+    payload.update(
+        weights_sha256=weights_sha256, precision=precision, coords=coords_digest(plan), save_pt=bool(options["save_pt"])
+    )
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def is_complete(plan: SlidePlan, options: Mapping) -> bool:
+    """True if ``plan.out_h5`` exists with a matching fingerprint (and its ``.pt`` when asked)."""
+    if not plan.out_h5.is_file():
+        return False
+    if options["save_pt"] and not plan.out_h5.with_suffix(".pt").is_file():
+        return False
+    try:
+        with h5py.File(plan.out_h5, "r") as handle:
+            return _plain(handle.attrs.get("fingerprint", "")) == plan.fingerprint and "features" in handle
+    except OSError:
+        return False
+
+
+def read_existing(plan: SlidePlan) -> dict:
+    """Status attributes of a finished output (for the result of a skipped slide)."""
+    with h5py.File(plan.out_h5, "r") as handle:
+        return {key: _plain(handle.attrs[key]) for key in ("status", "reason", "n_patches", "n_bad_patches")}
+
+
+def write_features_h5(out_h5: Path, features: np.ndarray, coords: np.ndarray, attrs: Mapping, dtype: str) -> None:
+    """Atomically write ``features`` (N, D) and ``coords`` (N, 2) with ``attrs``."""
+    with atomic_path(out_h5) as tmp:
+        with h5py.File(tmp, "w") as handle:
+            handle.create_dataset("features", data=features.astype(dtype))
+            handle.create_dataset("coords", data=coords.astype(np.int64).reshape(-1, 2))
+            for key, value in attrs.items():
+                handle.attrs[key] = "" if value is None else value
+
+
+def write_pt(out_pt: Path, features: np.ndarray) -> None:
+    """Atomically write a CLAM-style ``.pt`` (a float32 tensor N x D)."""
+    with atomic_path(out_pt) as tmp:
+        torch.save(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)), tmp)
+
+
+def output_attrs(
+    plan: SlidePlan,
+    spec: EncoderSpec,
+    weights_sha256: str,
+    precision: str,
+    n_patches: int,
+    n_bad: int,
+    options: Mapping,
+) -> dict:
+    """HDF5 attributes of a features file (docs/CONTRACTS.md)."""
+    tiling = plan.tiling_attrs
+    return {
+        "encoder": spec.name,
+        "feature_dim": spec.feature_dim,
+        "weights_sha256": weights_sha256,
+        "precision": precision,
+        "feature_dtype": str(options["feature_dtype"]),
+        "target_mpp": float(tiling.get("target_mpp", float("nan"))),
+        "patch_size": int(tiling.get("patch_size", 0)),
+        "patch_level": plan.level,
+        "patch_size_level0": plan.patch_size_level0,
+        "package_version": __version__,
+        "status": plan.status,
+        "reason": plan.reason,
+        "n_patches": n_patches,
+        "n_bad_patches": n_bad,
+        "slide_id": plan.slide_id,
+        "fingerprint": plan.fingerprint,
+    }
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every slide of one extraction run shares: options, encoder spec, weights, precision."""
+
+    options: Mapping[str, object]
+    spec: EncoderSpec
+    weights_sha256: str
+    precision: str
+
+
+def write_slide(plan: SlidePlan, features: np.ndarray, coords: np.ndarray, n_bad: int, run: RunContext) -> dict:
+    """Write the slide's outputs (``.pt`` first, the HDF5 last as the completion mark)."""
+    if run.options["save_pt"]:
+        write_pt(plan.out_h5.with_suffix(".pt"), features)
+    attrs = output_attrs(plan, run.spec, run.weights_sha256, run.precision, len(features), n_bad, run.options)
+    write_features_h5(plan.out_h5, features, coords, attrs, str(run.options["feature_dtype"]))
+    return {key: attrs[key] for key in ("status", "reason", "n_patches", "n_bad_patches")}
+
+
+# --------------------------------------------------------------------------- the stage
+def extract_features(
+    jobs: Sequence[tuple[str | Path, str | Path, str | Path]],
+    options: Mapping[str, object] | None = None,
+) -> list[dict]:
+    """Features for every ``(slide_path, coords_h5, out_h5)`` job, loading the encoder once.
+
+    Returns one dict per job: ``slide_id``, ``out_h5``, ``status``, ``reason``, ``n_patches``,
+    ``n_bad_patches``, ``skipped`` (True if a complete matching output already existed).
+    """
+    options = resolve_options(options)
+    spec = get_spec(str(options["encoder"]))
+    weights_path = resolve_weights(spec, options["weights"])
+    weights_sha256 = check_sha256(weights_path, options["weights_sha256"])
+    device = resolve_device(str(options["device"]))
+    precision = resolve_precision(str(options["precision"]), spec, device)
+    run = RunContext(options, spec, weights_sha256, precision)
+
+    plans = [plan_slide(*job) for job in jobs]
+    for plan in plans:
+        plan.fingerprint = fingerprint(plan, options, weights_sha256, precision)
+    results: dict[int, dict] = {}
+    for index, plan in enumerate(plans):
+        if is_complete(plan, options):
+            results[index] = {**read_existing(plan), "skipped": True}
+        elif not len(plan.coords):
+            empty = np.zeros((0, spec.feature_dim), np.float32)
+            results[index] = {**write_slide(plan, empty, np.zeros((0, 2), np.int64), 0, run), "skipped": False}
+
+    pending = [index for index in range(len(plans)) if index not in results]
+    if pending:
+        encoder = Encoder(load_encoder(spec, weights_path, device), spec, device, precision)
+        for index, result in run_encoder([plans[i] for i in pending], encoder, run):
+            results[pending[index]] = {**result, "skipped": False}
+    return [
+        {"slide_id": plan.slide_id, "out_h5": str(plan.out_h5), **results[index]} for index, plan in enumerate(plans)
+    ]
+
+
+def run_encoder(plans: Sequence[SlidePlan], encoder: Encoder, run: RunContext) -> Iterator[tuple[int, dict]]:
+    """Stream every plan's batches through ``encoder``; yield (plan index, result) as slides finish."""
+    options = run.options
+    keys = batch_keys(plans, int(options["batch_size"]))
+    batches_left = {index: 0 for index in range(len(plans))}
+    for key in keys:
+        batches_left[key.slide_index] += 1
+    gathered = {index: SlideFeatures() for index in range(len(plans))}
+    progress = tqdm(
+        total=sum(len(p.coords) for p in plans),
+        unit="patch",
+        desc=f"features {encoder.spec.name}",
+        disable=not options["progress"],
+        mininterval=2.0,
+    )
+    with progress:
+        for batch in make_loader(plans, options, encoder.device):
+            features = encoder(batch.pixels) if len(batch.rows) else None
+            _check_dim(features, encoder.spec)
+            gathered[batch.slide_index].add(batch, features)
+            progress.update(len(batch.rows) + len(batch.bad_rows))
+            batches_left[batch.slide_index] -= 1
+            if batches_left[batch.slide_index] == 0:
+                plan = plans[batch.slide_index]
+                result = gathered.pop(batch.slide_index)
+                features_np, coords = finish_slide(plan, result, run)
+                yield batch.slide_index, write_slide(plan, features_np, coords, result.n_bad, run)
+
+
+def _check_dim(features: torch.Tensor | None, spec: EncoderSpec) -> None:
+    """The model's output width must be the registry's feature_dim."""
+    if features is not None and features.shape[1] != spec.feature_dim:
+        raise InputError(
+            f"encoder {spec.name!r} produced {features.shape[1]}-d features, registry says {spec.feature_dim}"
+        )
+
+
+# --------------------------------------------------------------------------- bring your own features
+EXTERNAL_LAYOUTS = ("{slide}.h5", "h5_files/{slide}.h5", "{slide}.pt", "pt_files/{slide}.pt")
+
+
+def find_external_features(folder: str | Path, slide_id: str) -> Path | None:
+    """The slide's file in a CLAM/TRIDENT features folder (``h5_files/``, ``pt_files/`` or flat)."""
+    for layout in EXTERNAL_LAYOUTS:
+        candidate = Path(folder) / layout.format(slide=slide_id)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_external_features(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(features (N, D) float32, coords (N, 2) int64 or None)`` from a CLAM/TRIDENT ``.h5`` or ``.pt``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"external features {str(path)!r} do not exist; check config features.external_dir")
+    if path.suffix == ".pt":
+        features, coords = _load_pt_features(path)
+    else:
+        features, coords = _load_h5_features(path)
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim == 3 and features.shape[0] == 1:
+        features = features[0]
+    if features.ndim != 2:
+        raise InputError(f"external features {str(path)!r}: expected an N x D array, got shape {features.shape}")
+    if coords is not None:
+        coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+        if len(coords) != len(features):
+            raise InputError(f"external features {str(path)!r}: {len(features)} features but {len(coords)} coords")
+    return features, coords
+
+
+def _load_h5_features(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """``features`` and optional ``coords`` datasets of a CLAM/TRIDENT HDF5 file."""
+    try:
+        with h5py.File(path, "r") as handle:
+            if "features" not in handle:
+                raise InputError(f"external features {str(path)!r}: no 'features' dataset (has {list(handle)})")
+            coords = handle["coords"][...] if "coords" in handle else None
+            return handle["features"][...], coords
+    except OSError as exc:
+        raise InputError(f"external features {str(path)!r}: not a readable HDF5 file: {exc}") from exc
+
+
+def _load_pt_features(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """A CLAM ``.pt`` tensor, or a dict with ``features`` (and ``coords``)."""
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict):
+        if "features" not in obj:
+            raise InputError(f"external features {str(path)!r}: dict without a 'features' entry (has {list(obj)})")
+        coords = obj.get("coords")
+        return _to_numpy(obj["features"]), None if coords is None else _to_numpy(coords)
+    if not isinstance(obj, torch.Tensor):
+        raise InputError(f"external features {str(path)!r}: holds a {type(obj).__name__}, not a tensor")
+    return _to_numpy(obj), None
+
+
+def _to_numpy(value) -> np.ndarray:
+    """Tensor or array-like -> numpy array."""
+    return value.float().numpy() if isinstance(value, torch.Tensor) and value.is_floating_point() else np.asarray(value)
+
+
+def import_external_features(
+    src: str | Path, out_h5: str | Path, expected_dim: int, encoder: str = "external", slide_id: str | None = None
+) -> dict:
+    """Validate external features (dimension, finiteness) and write them in this workflow's format.
+
+    Coordinates unknown to the source (CLAM ``.pt``) are written as -1. Returns the result dict.
+    """
+    src, out_h5 = Path(src), Path(out_h5)
+    features, coords = load_external_features(src)
+    if features.shape[1] != expected_dim:
+        raise InputError(
+            f"external features {str(src)!r} are {features.shape[1]}-d but the model expects {expected_dim}-d; "
+            "point config features.external_dir at features of the configured encoder"
+        )
+    if not len(features) or not np.isfinite(features).all():
+        raise InputError(f"external features {str(src)!r}: empty or non-finite values; re-extract this slide")
+    coords = np.full((len(features), 2), -1, np.int64) if coords is None else coords
+    attrs = {
+        "encoder": encoder,
+        "feature_dim": expected_dim,
+        "weights_sha256": "",
+        "precision": "external",
+        "package_version": __version__,
+        "status": "ok",
+        "reason": "",
+        "n_patches": len(features),
+        "n_bad_patches": 0,
+        "slide_id": slide_id or src.stem,
+        "source": str(src),
+        "source_sha256": check_sha256(src, None),
+    }
+    write_features_h5(out_h5, features, coords, attrs, "float32")
+    return {
+        "slide_id": attrs["slide_id"],
+        "out_h5": str(out_h5),
+        "status": "ok",
+        "reason": "",
+        "n_patches": len(features),
+        "n_bad_patches": 0,
+        "skipped": False,
+    }
+
+
+# --------------------------------------------------------------------------- CLI
+def parse_options(text: str | None) -> dict:
+    """``--options``: a JSON object, or the path of a JSON file holding one."""
+    if not text:
+        return {}
+    source = Path(text).read_text(encoding="utf-8") if Path(text).is_file() else text
+    try:
+        value = json.loads(source)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--options: not a JSON object or a JSON file: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InputError("--options: expected a JSON object (the config 'features' section)")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of ``ghanet-wf extract``."""
+    parser = argparse.ArgumentParser(prog="ghanet-wf extract", description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--slides", nargs="+", help="slide files")
+    source.add_argument("--external", nargs="+", help="CLAM/TRIDENT feature files (.h5/.pt) to import instead")
+    parser.add_argument("--coords", nargs="+", help="tiling HDF5 per slide (same order as --slides)")
+    parser.add_argument("--out", nargs="+", required=True, help="output features HDF5 per slide")
+    parser.add_argument("--options", help="config 'features' section as JSON (or a JSON file)")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """``ghanet-wf extract``: features for many slides with one model load (or import external ones)."""
+    args = build_parser().parse_args(argv)
+    options = parse_options(args.options)
+    sources = args.slides or args.external
+    if len(args.out) != len(sources) or (args.slides and len(args.coords or []) != len(args.slides)):
+        raise InputError("extract: give one --out (and one --coords for --slides) per input file, in the same order")
+    started = time.perf_counter()
+    if args.slides:
+        results = extract_features(list(zip(args.slides, args.coords, args.out)), options)
+    else:
+        dim = get_spec(str(resolve_options(options)["encoder"])).feature_dim
+        results = [import_external_features(src, out, dim) for src, out in zip(args.external, args.out)]
+    for result in results:
+        print(
+            f"{result['slide_id']}: {result['status']} {result['n_patches']} patches, "
+            f"{result['n_bad_patches']} bad{' (up to date)' if result['skipped'] else ''} {result['reason']}"
+        )
+    print(f"{len(results)} slides in {time.perf_counter() - started:.1f} s")
+    return 0
