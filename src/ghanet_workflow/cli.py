@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "cohort": ("ghanet_workflow.cohort", "validate the clinical/genomic table, pool slides per patient"),
     "splits": ("ghanet_workflow.splits", "patient-level k-fold splits (+ inner validation)"),
     "train": ("ghanet_workflow.fold", "preprocess, train and predict one fold of one model"),
+    "predict": ("ghanet_workflow.predict", "WSI-only risk for new patients from the trained fold models"),
     "evaluate": ("ghanet_workflow.metrics", "survival metrics of one fold's predictions"),
     "report": ("ghanet_workflow.report", "aggregate folds into report tables"),
 }
