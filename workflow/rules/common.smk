@@ -16,6 +16,11 @@ ENCODER = config["features"]["encoder"]
 FOLDS = list(range(config["splits"]["k"]))
 MODELS = config["training"]["models"]
 DEMO_SLIDE_DIR = "results/demo_slides"
+# Real tissue the synthetic demo slides are cut from (see data/SOURCES.md).
+DEMO_SOURCES = {
+    "low_risk": "data/slides/CMU-1-Small-Region.svs",
+    "high_risk": "data/slides/TCGA-CR-7395-01A-01-TS1.svs",
+}
 
 # Every rule calls `python -m ghanet_workflow.cli <stage>` with the interpreter on PATH (the
 # project's venv, or a conda env from envs/); PYTHONPATH makes the checkout's package importable

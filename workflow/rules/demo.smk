@@ -6,6 +6,8 @@
 rule demo_slide:
     input:
         clinical=config["clinical"],
+        low_risk=DEMO_SOURCES["low_risk"],
+        high_risk=DEMO_SOURCES["high_risk"],
     output:
         f"{DEMO_SLIDE_DIR}/{{demo_slide}}",
     log:
@@ -16,4 +18,5 @@ rule demo_slide:
         options=options("demo"),
     shell:
         "python -m ghanet_workflow.cli demo-slide --slide-id {wildcards.demo_slide:q} --clinical {input.clinical:q}"
+        " --low-risk-slide {input.low_risk:q} --high-risk-slide {input.high_risk:q}"
         " --out {output:q} --options {params.options:q} > {log:q} 2>&1"
