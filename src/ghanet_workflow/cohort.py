@@ -25,6 +25,7 @@ import pandas as pd
 
 from ghanet_workflow.atomic import write_csv, write_text
 from ghanet_workflow.errors import InputError
+from ghanet_workflow.options import parse_options
 
 log = logging.getLogger(__name__)
 
@@ -95,25 +96,6 @@ def slide_key(slide_id: str) -> str:
     return name
 
 
-def parse_options(text: str | None, defaults: Mapping, what: str) -> dict:
-    """Merge a ``--options`` argument (JSON text or a path to a JSON file) over ``defaults``.
-
-    Unknown keys are rejected so that a typo in the config cannot be silently ignored.
-    """
-    given: dict = {}
-    if text:
-        path = Path(text)
-        source = path.read_text(encoding="utf-8") if path.is_file() else text
-        try:
-            given = json.loads(source) or {}
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{what}: --options is not valid JSON ({exc}): {text[:200]!r}") from exc
-        if not isinstance(given, dict):
-            raise InputError(f"{what}: --options must be a JSON object, got {type(given).__name__}")
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise InputError(f"{what}: unknown option(s) {unknown}; known: {sorted(defaults)}")
-    return {**defaults, **given}
 
 
 # ----------------------------------------------------------------------------- clinical table

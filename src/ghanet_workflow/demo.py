@@ -34,6 +34,7 @@ import tifffile
 
 from .atomic import atomic_path
 from .errors import InputError
+from .options import parse_options
 
 #: Config section ``demo``: options of the demo-slide generator.
 DEFAULTS: dict = {
@@ -310,10 +311,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     """``ghanet-wf demo-slide``: generate one synthetic demo slide."""
     args = _parse_args(argv)
-    try:
-        options = json.loads(args.options)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"--options is not valid JSON ({exc}); pass a JSON object such as '{{\"seed\": 1}}'")
+    options = parse_options(args.options, what="demo")
     sources = {"low_risk": args.low_risk_slide, "high_risk": args.high_risk_slide}
     generate_demo_slide(args.slide_id, args.out, args.clinical, sources, args.seed, options)
     return 0

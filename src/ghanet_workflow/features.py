@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .atomic import atomic_path
+from .options import parse_options
 from .encoders import EncoderSpec, check_sha256, get_spec, load_encoder, resolve_weights
 from .errors import InputError
 
@@ -686,18 +687,6 @@ def import_external_features(
 
 
 # --------------------------------------------------------------------------- CLI
-def parse_options(text: str | None) -> dict:
-    """``--options``: a JSON object, or the path of a JSON file holding one."""
-    if not text:
-        return {}
-    source = Path(text).read_text(encoding="utf-8") if Path(text).is_file() else text
-    try:
-        value = json.loads(source)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"--options: not a JSON object or a JSON file: {exc}") from exc
-    if not isinstance(value, dict):
-        raise InputError("--options: expected a JSON object (the config 'features' section)")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -715,7 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """``ghanet-wf extract``: features for many slides with one model load (or import external ones)."""
     args = build_parser().parse_args(argv)
-    options = parse_options(args.options)
+    options = parse_options(args.options, what="features")
     sources = args.slides or args.external
     if len(args.out) != len(sources) or (args.slides and len(args.coords or []) != len(args.slides)):
         raise InputError("extract: give one --out (and one --coords for --slides) per input file, in the same order")

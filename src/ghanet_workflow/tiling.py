@@ -33,6 +33,7 @@ import pandas as pd
 
 from ghanet_workflow.atomic import atomic_path, write_json
 from ghanet_workflow.errors import InputError, SlideError
+from ghanet_workflow.options import parse_options
 from ghanet_workflow.slide_io import SlideReader, level_for_downsample, resolve_mpp
 
 log = logging.getLogger(__name__)
@@ -675,9 +676,7 @@ def main(argv: list[str]) -> int:
     """``ghanet-wf tile``: exit 0 also for failed slides (their status is in the outputs), 2 for bad options."""
     args = _parse_args(argv)
     try:
-        options = json.loads(args.options)
-        if not isinstance(options, dict):
-            raise InputError(f"--options must be a JSON object, got {args.options!r}")
+        options = parse_options(args.options, what="tiling")
         row = tile_slide(
             args.slide,
             slide_id=args.slide_id,
@@ -687,7 +686,7 @@ def main(argv: list[str]) -> int:
             mpp_override=args.mpp,
             options=options,
         )
-    except (InputError, json.JSONDecodeError) as err:
+    except InputError as err:
         print(f"ghanet-wf tile: {err}", file=sys.stderr)
         return 2
     print(f"{row['slide_id']}: {row['status']}, {row['n_patches']} patches {row['reason']}".rstrip(), file=sys.stderr)
