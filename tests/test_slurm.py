@@ -73,9 +73,9 @@ def test_every_job_goes_through_sbatch_and_gpu_rules_get_a_gpu(full_run):
     assert run.run_id, run.output
     jobs = sacct_jobs(run.run_id)
     by_comment = {job.comment: job for job in jobs}
-    group = [job for job in jobs if job.comment.startswith("rule_slides")]
-    # 2 slides x (tile_slide + extract_features) in ONE group job, then 2 folds, then the report.
-    assert len(jobs) == 4 and len(group) == 1, jobs
+    group = [job for job in jobs if job.comment.startswith("rule_tiles")]
+    # 2 slides' tile_slide in ONE group job, one extraction job per slide, 2 folds, the report.
+    assert len(jobs) == 6 and len(group) == 1, jobs
     assert {"rule_train_fold_wildcards_0", "rule_train_fold_wildcards_1", "rule_report"} <= set(by_comment), jobs
     assert all(job.state == "COMPLETED" for job in jobs), jobs
     # Each output was written inside a job of this run (not by a local process).
@@ -83,15 +83,19 @@ def test_every_job_goes_through_sbatch_and_gpu_rules_get_a_gpu(full_run):
     for slide in SLIDES:
         assert read_job_id(workdir / "tiles" / f"{slide}.txt") == group[0].job_id
         features = (workdir / "features" / f"{slide}.txt").read_text()
-        assert read_job_id(workdir / "features" / f"{slide}.txt") == group[0].job_id
+        extract_job = by_comment[f"rule_extract_features_wildcards_{slide}"]
+        assert read_job_id(workdir / "features" / f"{slide}.txt") == extract_job.job_id
         assert features.startswith("cuda=") and features.split()[0].removeprefix("cuda=").isdigit(), features
     for fold in FOLDS:
         assert metrics(workdir, fold)["slurm_job_id"] == by_comment[f"rule_train_fold_wildcards_{fold}"].job_id
     assert read_job_id(workdir / "report.txt") in job_ids
-    # GPU rules asked SLURM for exactly one GPU (the group shares one), the report for none.
-    for job in [*group, by_comment["rule_train_fold_wildcards_0"], by_comment["rule_train_fold_wildcards_1"]]:
+    # GPU rules asked SLURM for exactly one GPU; tiling and the report for none.
+    gpu_jobs = [job for job in jobs if job.comment.startswith(("rule_extract_features", "rule_train_fold"))]
+    assert len(gpu_jobs) == 4, jobs
+    for job in gpu_jobs:
         assert "gres/gpu=1" in job.alloc_tres, job
-    assert "gres/gpu" not in by_comment["rule_report"].alloc_tres
+    for job in [*group, by_comment["rule_report"]]:
+        assert "gres/gpu" not in job.alloc_tres, job
 
 
 def wait_for_checkpoint(path: Path, min_epoch: int, timeout_s: float = 180) -> dict:

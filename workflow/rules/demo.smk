@@ -14,6 +14,9 @@ rule demo_slide:
         f"logs/demo_slides/{{demo_slide}}.log",
     conda:
         "../../envs/slides.yaml"
+    resources:
+        runtime=5,
+        mem_mb=2000,
     params:
         options=options("demo"),
     shell:

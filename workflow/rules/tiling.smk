@@ -14,6 +14,9 @@ rule tile_slide:
         f"{LOGS}/tile_slide/{{slide}}.log",
     conda:
         "../../envs/slides.yaml"
+    resources:
+        runtime=5,
+        mem_mb=2000,
     params:
         slide_id=slide_id,
         mpp=mpp_option,
