@@ -70,9 +70,10 @@ def test_demo_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-5000:]
     report = work / "results" / "demo_blca" / "report"
     table = pd.read_csv(report / "cindex.csv")
-    fold_rows = table[table["fold"].astype(str).str.fullmatch(r"\d+")]
-    assert len(fold_rows) == 5
+    fold_rows = table[table["kind"] == "fold"]
+    assert len(fold_rows) == 5 and (fold_rows["status"] == "ok").all()
     assert fold_rows["n_patients"].sum() == 40
+    assert fold_rows["cindex_harrell"].between(0, 1).all()
     markdown = (report / "cindex.md").read_text()
     assert "±" in markdown
     failed = (report / "failed_slides.md").read_text()
