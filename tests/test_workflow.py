@@ -29,7 +29,7 @@ def copy_repo(dest: Path) -> Path:
 
 
 def test_dry_run_lists_every_stage():
-    result = run([SNAKEMAKE, "-n", "--quiet", "rules"], REPO)
+    result = run([SNAKEMAKE, "-n", "--forceall", "--quiet", "rules"], REPO)
     assert result.returncode == 0, result.stderr
     for rule in ["demo_slide", "tile_slide", "extract_features", "build_cohort", "make_splits", "train_fold", "report"]:
         assert rule in result.stdout, f"{rule} missing from the DAG:\n{result.stdout}"
@@ -80,3 +80,32 @@ def test_demo_end_to_end(tmp_path):
     assert "broken.svs" in failed
     predictions = pd.read_csv(report / "predictions.csv")
     assert predictions["case_id"].nunique() == 40
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    """Rule -> number of jobs, from the 'Job stats' table of a dry run."""
+    counts = {}
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_bring_your_own_features_skip_tiling_and_extraction(tmp_path):
+    import h5py
+    import numpy as np
+
+    external = tmp_path / "clam_features" / "h5_files"
+    external.mkdir(parents=True)
+    with h5py.File(external / "demo-TCGA-2F-A9KP.h5", "w") as h5:  # CLAM layout: features + coords
+        h5["features"] = np.random.default_rng(0).normal(size=(12, 1280)).astype(np.float32)
+        h5["coords"] = np.arange(24, dtype=np.int64).reshape(12, 2)
+    override = tmp_path / "byo.yaml"
+    override.write_text(f"features:\n  external_dir: {external.parent}\n")
+    plain = job_counts(run([SNAKEMAKE, "-n", "--forceall", "--quiet", "rules"], REPO).stdout)
+    result = run([SNAKEMAKE, "-n", "--forceall", "--quiet", "rules", "--configfile", str(override)], REPO)
+    assert result.returncode == 0, result.stderr
+    byo = job_counts(result.stdout)
+    assert byo["import_features"] == 1
+    assert byo["tile_slide"] == plain["tile_slide"] - 1

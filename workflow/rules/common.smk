@@ -145,9 +145,22 @@ def load_slide_table():
     return slides.set_index("key", drop=False)
 
 
+def find_external_features(slides):
+    """key -> existing CLAM/TRIDENT feature file, for slides that have one in features.external_dir."""
+    folder = config["features"].get("external_dir")
+    if not folder:
+        return {}
+    from ghanet_workflow.features import find_external_features as find
+
+    found = {key: find(folder, key) for key in slides.index}
+    return {key: str(path) for key, path in found.items() if path is not None}
+
+
 SLIDES = load_slide_table()
-PRESENT = SLIDES[SLIDES["exists"]]
-ABSENT = SLIDES[~SLIDES["exists"]]
+# Slides with bring-your-own features skip tiling and extraction (their slide file is not needed).
+EXTERNAL = find_external_features(SLIDES)
+TILED = SLIDES[SLIDES["exists"] & ~SLIDES.index.isin(list(EXTERNAL))]
+ABSENT = SLIDES[~SLIDES["exists"] & ~SLIDES.index.isin(list(EXTERNAL))]
 
 if len(ABSENT):
     logger.warning(
@@ -161,7 +174,7 @@ wildcard_constraints:
     encoder="[^/]+",
     model="[^/]+",
     fold=r"\d+",
-    chunk=r"chunk\d+",
+    chunk=r"(chunk|import)\d+",
 
 
 # ---------------------------------------------------------------- input functions
@@ -187,9 +200,12 @@ def _chunks(keys, size):
     }
 
 
-FEATURE_CHUNKS = _chunks(
-    PRESENT.index, int(config["features"].get("slides_per_job", 16))
-)
+SLIDES_PER_JOB = int(config["features"].get("slides_per_job", 16))
+FEATURE_CHUNKS = _chunks(TILED.index, SLIDES_PER_JOB)
+IMPORT_CHUNKS = {
+    name.replace("chunk", "import"): keys
+    for name, keys in _chunks(EXTERNAL, SLIDES_PER_JOB).items()
+}
 
 
 def feature_file(key):
@@ -197,14 +213,23 @@ def feature_file(key):
 
 
 def feature_files(wildcards=None):
-    """Per-slide feature HDF5 files (written by the chunk jobs)."""
-    return [feature_file(key) for key in sorted(PRESENT.index)]
+    """Per-slide feature HDF5 files (written by the extraction and import chunk jobs)."""
+    return [feature_file(key) for key in sorted([*TILED.index, *EXTERNAL])]
 
 
 def feature_manifests(wildcards=None):
     return expand(
-        f"{RESULTS}/features/{ENCODER}/chunks/{{chunk}}.txt", chunk=FEATURE_CHUNKS
+        f"{RESULTS}/features/{ENCODER}/chunks/{{chunk}}.txt",
+        chunk=[*FEATURE_CHUNKS, *IMPORT_CHUNKS],
     )
+
+
+def import_sources(wildcards):
+    return [EXTERNAL[key] for key in IMPORT_CHUNKS[wildcards.chunk]]
+
+
+def import_feature_files(wildcards):
+    return [feature_file(key) for key in IMPORT_CHUNKS[wildcards.chunk]]
 
 
 def chunk_slide_paths(wildcards):
@@ -220,11 +245,11 @@ def chunk_feature_files(wildcards):
 
 
 def tile_qc_files(wildcards=None):
-    return expand(f"{RESULTS}/tiles/{{slide}}.qc.json", slide=PRESENT.index)
+    return expand(f"{RESULTS}/tiles/{{slide}}.qc.json", slide=TILED.index)
 
 
 def tile_qc_pngs(wildcards=None):
-    return expand(f"{RESULTS}/tiles/qc/{{slide}}.png", slide=PRESENT.index)
+    return expand(f"{RESULTS}/tiles/qc/{{slide}}.png", slide=TILED.index)
 
 
 def fold_outputs(name):

@@ -26,3 +26,23 @@ rule extract_features:
         "python -m ghanet_workflow.cli extract --slides {input.slides:q} --coords {input.coords:q}"
         " --out {params.out:q} --options {params.options:q} > {log:q} 2>&1"
         " && printf '%s\\n' {params.out:q} > {output.manifest:q}"
+
+
+rule import_features:
+    input:
+        external=import_sources,
+    output:
+        manifest=f"{RESULTS}/features/{{encoder}}/chunks/{{chunk}}.txt",
+    log:
+        f"{LOGS}/import_features/{{encoder}}/{{chunk}}.log",
+    wildcard_constraints:
+        chunk=r"import\d+",
+    conda:
+        "../../envs/torch.yaml"
+    params:
+        out=import_feature_files,
+        options=options("features"),
+    shell:
+        "python -m ghanet_workflow.cli extract --external {input.external:q}"
+        " --out {params.out:q} --options {params.options:q} > {log:q} 2>&1"
+        " && printf '%s\\n' {params.out:q} > {output.manifest:q}"
