@@ -401,3 +401,129 @@ def test_bad_inputs_raise_errors_that_name_the_file_and_what_to_do(cohort_run, t
         report.model_and_fold(tmp_path / "metrics.json")
     assert report.main(["--predictions", str(broken), "--out-dir", str(tmp_path / "out")]) == 2
     assert "missing column(s) ['risk']" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ HTML pages
+
+
+def test_every_table_page_has_an_html_twin_with_escaped_text(cohort_run, tmp_path):
+    results, files, slides_csv, qc_files = cohort_run
+    report.write_cindex_report(
+        files["metrics"], files["predictions"], tmp_path / "c.md", tmp_path / "c.csv",
+        cohort="demo_blca", folds=range(N_FOLDS), out_html=tmp_path / "c.html",
+    )  # fmt: skip
+    page = (tmp_path / "c.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("<table>") == 1
+    assert "<th>Harrell C" in page and "<td>mean ± std" in page and "Missing folds: fold 3" in page
+    assert len(re.findall(r"<tr><td>\d ", page)) == N_FOLDS
+    report.write_failed_slides(
+        [slides_csv], tmp_path / "f.md", tmp_path / "f.csv", qc_jsons=qc_files, out_html=tmp_path / "f.html"
+    )
+    failed = (tmp_path / "f.html").read_text()
+    assert "<td>broken.svs" in failed and "<h2>Cohort QC</h2>" in failed and "<li>Target resolution" in failed
+    assert report.html_page("t", "# a <b>\n\nx & y") == report.html_page("t", "# a <b>\n\nx & y")
+    assert "<h1>a &lt;b&gt;</h1>" in report.html_page("t", "# a <b>\n\nx & y")
+
+
+def test_a_model_without_reconstruction_is_named_not_tabulated(tmp_path):
+    paths = []
+    for model, rows in (("ghanet", [["Oncogenesis", "MYC_cnv", 0.4]]), ("abmil", [])):
+        fold_dir = tmp_path / "models" / model / "fold_0"
+        fold_dir.mkdir(parents=True)
+        pd.DataFrame(rows, columns=["group", "gene", "pearson_r"]).to_csv(
+            fold_dir / "reconstruction.csv", index=False
+        )
+        paths.append(fold_dir / "reconstruction.csv")
+    table = report.write_reconstruction_report(
+        paths, tmp_path / "r.md", tmp_path / "r.csv", out_html=tmp_path / "r.html"
+    )
+    assert table["model"].tolist() == ["ghanet"]
+    assert "Models without gene reconstruction: abmil." in (tmp_path / "r.md").read_text()
+    assert "<td>Oncogenesis" in (tmp_path / "r.html").read_text()
+
+
+# ------------------------------------------------------------------------------------ attention
+
+
+def write_attention_run(results: Path, slide: Path, n_folds: int = 2) -> tuple[list[Path], Path]:
+    """attention.h5 per fold (fold.write_attention_h5) on a real slide's patch grid, and its QC JSON."""
+    from ghanet_workflow.fold import write_attention_h5
+
+    rng = np.random.default_rng(1)
+    xs, ys = np.meshgrid(np.arange(0, 2048, 256), np.arange(0, 2816, 256))
+    coords = np.stack([xs.ravel(), ys.ravel()], 1)
+    paths = []
+    for fold in range(n_folds):
+        patients = []
+        for number, end in enumerate(["high", "high", "low", "low"]):
+            attention = rng.random((3, len(coords)))
+            weights = rng.random(len(coords))
+            patients.append(
+                {
+                    "token_attention": attention / attention.sum(1, keepdims=True),
+                    "patch_weights": weights / weights.sum(),
+                    "coords": coords,
+                    "slide_index": np.zeros(len(coords), np.int32),
+                    "case_id": f"TCGA-XX-{fold}{number:03d}",
+                    "risk": float(3 - number),
+                    "risk_end": end,
+                    "time": 10.0,
+                    "event": 1,
+                    "slide_ids": [slide.name],
+                    "patch_size_level0": [256],
+                }
+            )
+        path = results / "models" / "ghanet" / f"fold_{fold}" / "attention.h5"
+        write_attention_h5(path, "ghanet", fold, ["Tumor Suppression", "Oncogenesis", "Kinases"], patients)
+        paths.append(path)
+    qc = results / "tiles" / f"{slide.stem}.qc.json"
+    qc.parent.mkdir(parents=True, exist_ok=True)
+    qc.write_text(
+        json.dumps({"slide_id": slide.name, "status": "ok", "reason": "", "slide_path": str(slide)})
+    )
+    return paths, qc
+
+
+def test_attention_patients_come_from_both_risk_ends_and_different_folds(tmp_path, cmu_slide):
+    paths, _ = write_attention_run(tmp_path, cmu_slide)
+    patients = report.read_attention_files(paths)
+    assert len(patients) == 8 and patients[0]["groups"] == ["Tumor Suppression", "Oncogenesis", "Kinases"]
+    chosen = report.select_attention_patients(patients, 4)
+    assert [(p["risk_end"], p["fold"], p["rank"]) for p in chosen] == [
+        ("high", 0, 0), ("high", 1, 0), ("low", 0, 0), ("low", 1, 0)
+    ]  # fmt: skip
+    assert [p["case_id"] for p in chosen] == ["TCGA-XX-0000", "TCGA-XX-1000", "TCGA-XX-0002", "TCGA-XX-1002"]
+    assert report.select_attention_patients(patients, 0) == []
+
+
+def test_attention_figure_draws_heatmaps_over_the_slide_thumbnail(tmp_path, cmu_slide, test_slides):
+    paths, qc = write_attention_run(tmp_path, cmu_slide)
+    slides = report.load_slide_table([], [qc])
+    panel = report.attention_panel(report.read_attention_files(paths)[0], report.slide_paths(slides))
+    assert panel.thumbnail is not None and max(panel.thumbnail.shape[:2]) == report.THUMBNAIL_PX
+    assert panel.size == (2220, 2967) and panel.token_attention.shape == (3, len(panel.coords))
+    grid = report.plots.patch_grid(panel.coords, panel.patch_weights, 256, panel.size)
+    assert grid.shape == (12, 9) and np.isnan(grid[-1, -1]) and np.isfinite(grid[0, 0])
+    written = report.write_attention_figure(paths, tmp_path / "a.png", report.resolve_options({}), slides)
+    assert written == [tmp_path / "a.png"] and written[0].read_bytes()[:8] == PNG_MAGIC
+    image = mpimg.imread(written[0])
+    assert image.shape[1] > image.shape[0]  # 4 rows of 5 panels (slide, 3 tokens, gated weights)
+    assert report.read_thumbnail(test_slides / "broken.svs") is None
+    assert report.read_thumbnail(None) is None
+
+
+def test_main_draws_the_attention_figure_even_when_a_slide_cannot_be_read(cohort_run, tmp_path, test_slides):
+    results, files, _, _ = cohort_run
+    paths, qc = write_attention_run(results, test_slides / "broken.svs")
+    out = tmp_path / "out"
+    argv = ["--metrics", *map(str, files["metrics"]), "--predictions", *map(str, files["predictions"])]
+    argv += ["--attention", *map(str, paths), "--qc", str(qc), "--out-dir", str(out)]
+    assert report.main(argv) == 0
+    assert (out / "attention_heatmaps.png").read_bytes()[:8] == PNG_MAGIC
+    empty = tmp_path / "models" / "abmil" / "fold_0" / "attention.h5"
+    from ghanet_workflow.fold import write_attention_h5
+
+    write_attention_h5(empty, "abmil", 0, [], [])
+    assert report.write_attention_figure([empty], tmp_path / "none.png", report.resolve_options({}))[
+        0
+    ].is_file()

@@ -1,4 +1,5 @@
-"""Report figures: Kaplan-Meier risk groups, per-fold C-index, training curves, tiling QC sheet.
+"""Report figures: Kaplan-Meier risk groups, per-fold C-index, training curves, tiling QC sheet,
+G-HANet attention heatmaps.
 
 Figures are built with the object-oriented matplotlib API (``Figure`` renders through the Agg
 canvas), so nothing depends on a display or on pyplot's global state. Every function writes its
@@ -9,21 +10,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.image as mpimg  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from PIL import Image  # noqa: E402
 from sksurv.compare import compare_survival  # noqa: E402
 from sksurv.nonparametric import kaplan_meier_estimator  # noqa: E402
 from sksurv.util import Surv  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
+
+#: saving resolution of every figure (dots per inch)
+DPI = 150
+#: per-format savefig options: fast PNG compression (photographic figures otherwise spend seconds in zlib)
+SAVE_OPTIONS = {"png": {"pil_kwargs": {"compress_level": 1}}}
+#: longest side, in pixels, of a thumbnail on the QC contact sheet (its panel is 2.4 in at DPI)
+QC_PANEL_PX = 360
 
 #: training_log.csv columns drawn by :func:`plot_training_curves`, with their panel titles.
 TRAINING_CURVES = {
@@ -35,6 +44,14 @@ TRAINING_CURVES = {
 }
 
 
+def read_image(path: str | Path, max_px: int) -> np.ndarray:
+    """An image file as an RGB(A) array shrunk to at most ``max_px`` per side (drawing full-size
+    thumbnails into small panels makes saving the figure slow and the PNG large)."""
+    with Image.open(path) as image:
+        image.thumbnail((max_px, max_px))
+        return np.asarray(image)
+
+
 def save_figure(fig: Figure, out_path: str | Path, formats: Iterable[str] = ("png",)) -> list[Path]:
     """Write ``fig`` to ``out_path`` (PNG) and to the same stem in every other format asked for."""
     out_path = Path(out_path)
@@ -42,7 +59,7 @@ def save_figure(fig: Figure, out_path: str | Path, formats: Iterable[str] = ("pn
     for fmt in dict.fromkeys(["png", *formats]):
         target = out_path.with_suffix(f".{fmt}")
         with atomic_path(target) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
+            fig.savefig(tmp, format=fmt, dpi=DPI, bbox_inches="tight", **SAVE_OPTIONS.get(fmt, {}))
         written.append(target)
     return written
 
@@ -107,7 +124,7 @@ def _draw_km_panel(curve_ax, risk_ax, frame, group_labels, colors, title, time_l
     pvalue = logrank_pvalue(time, event, frame["risk_group"].to_numpy())
     curve_ax.set(title=f"{title}\n{format_pvalue(pvalue)}", ylabel="survival probability", ylim=(0, 1.05))
     curve_ax.set_xlim(left=0, right=max(float(time.max(initial=0.0)), 1.0) * 1.02)
-    curve_ax.legend(loc="lower left", fontsize="small", frameon=False)
+    curve_ax.legend(loc="best", fontsize="small", frameon=False)
     ticks = [t for t in curve_ax.get_xticks() if 0 <= t <= curve_ax.get_xlim()[1]]
     for row, label in enumerate(present):
         at_risk = [(time[(frame["risk_group"] == label).to_numpy()] >= t).sum() for t in ticks]
@@ -216,11 +233,90 @@ def plot_qc_contact_sheet(
         status = statuses.get(slide, "ok")
         png = thumbnails[slide]
         if png is not None and Path(png).is_file():
-            ax.imshow(mpimg.imread(png))
+            ax.imshow(read_image(png, QC_PANEL_PX))
         else:
             ax.text(0.5, 0.5, "no thumbnail", ha="center", va="center", transform=ax.transAxes)
         name = slide if len(slide) <= 28 else slide[:25] + "..."
         ax.set_title(f"{name}\n{status}", fontsize="x-small", color="black" if status == "ok" else "red")
     hidden = len(order) - len(shown)
     fig.suptitle(f"Tiling QC: {len(order)} slides" + (f" ({hidden} more not shown)" if hidden else ""))
+    return save_figure(fig, out_path, formats)
+
+
+@dataclass
+class AttentionPanel:
+    """One patient's row of the attention figure: the patches of one slide and what the model put on them.
+
+    ``coords`` are level-0 (x, y) patch corners, ``token_attention`` is [G, n] and ``patch_weights``
+    [n] for those patches; ``thumbnail`` (RGB array) covers the level-0 extent ``size`` (width,
+    height) and is None when the slide could not be read.
+    """
+
+    title: str
+    coords: np.ndarray
+    patch_size: int
+    token_attention: np.ndarray
+    patch_weights: np.ndarray
+    size: tuple[int, int]
+    thumbnail: np.ndarray | None = None
+
+
+def patch_grid(coords: np.ndarray, values: np.ndarray, patch_size: int, size: tuple[int, int]) -> np.ndarray:
+    """``values`` painted on a grid of patch-sized cells covering a ``size`` (width, height) slide; NaN off-patch."""
+    cols, rows = (max(1, math.ceil(extent / patch_size)) for extent in size)
+    grid = np.full((rows, cols), np.nan)
+    cells = np.asarray(coords, dtype=np.int64) // patch_size
+    grid[np.clip(cells[:, 1], 0, rows - 1), np.clip(cells[:, 0], 0, cols - 1)] = values
+    return grid
+
+
+def _draw_heatmap(ax, panel: AttentionPanel, values: np.ndarray | None, title: str) -> None:
+    """The slide thumbnail (grey under a heatmap; a blank canvas if unreadable) with ``values`` (scaled to
+    their max) as a translucent overlay."""
+    width, height = panel.size
+    if panel.thumbnail is not None and values is None:
+        ax.imshow(panel.thumbnail, extent=(0, width, height, 0))
+    elif panel.thumbnail is not None:  # grey under a heatmap, so the heatmap colours read unambiguously
+        ax.imshow(panel.thumbnail.mean(axis=-1), cmap="gray", vmin=0, vmax=255, extent=(0, width, height, 0))
+    else:
+        ax.set_facecolor("white")
+    if values is not None and len(values):
+        top = float(np.max(values))
+        grid = patch_grid(panel.coords, values / top if top > 0 else values, panel.patch_size, panel.size)
+        rows, cols = grid.shape
+        extent = (0, cols * panel.patch_size, rows * panel.patch_size, 0)
+        ax.imshow(grid, extent=extent, cmap="inferno", vmin=0, vmax=1, alpha=0.65, interpolation="nearest")
+    ax.set(xlim=(0, width), ylim=(height, 0), xticks=[], yticks=[])
+    ax.set_title(title, fontsize="x-small")
+
+
+def plot_attention_heatmaps(
+    panels: Sequence[AttentionPanel],
+    group_names: Sequence[str],
+    out_path: str | Path,
+    formats: Iterable[str] = ("png",),
+) -> list[Path]:
+    """A row per patient: the slide, each signature group's token attention, then the gated patch weights.
+
+    Every heatmap is scaled to its own maximum (bright = the patches that panel weighs most).
+    """
+    n_cols = len(group_names) + 2
+    n_rows = max(len(panels), 1)
+    fig = Figure(figsize=(2.1 * n_cols, 2.3 * n_rows + 0.5), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for row, panel in enumerate(panels):
+        _draw_heatmap(
+            axes[row][0], panel, None, "slide" if panel.thumbnail is not None else "slide (not readable)"
+        )
+        axes[row][0].set_ylabel(panel.title, fontsize="x-small")
+        for column, group in enumerate(group_names, start=1):
+            _draw_heatmap(axes[row][column], panel, panel.token_attention[column - 1], f"CAB token: {group}")
+        _draw_heatmap(axes[row][-1], panel, panel.patch_weights, "HSB gated patch weights")
+    if not panels:
+        for ax in axes.ravel():
+            ax.set_axis_off()
+        fig.text(0.5, 0.5, "no attention maps: no G-HANet fold wrote attention.h5 patients", ha="center")
+    fig.suptitle(
+        "G-HANet attention of the highest- and lowest-risk test patients (each map scaled to its maximum)"
+    )
     return save_figure(fig, out_path, formats)

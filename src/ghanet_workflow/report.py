@@ -3,13 +3,14 @@
 Inputs are the per-fold files of docs/CONTRACTS.md, passed as explicit lists (Snakemake passes the
 exact files); each file's model and fold come from its path ``.../models/<model>/fold_<k>/<file>``.
 Nothing here trains or predicts: rerunning the report after changing a table option is cheap.
-A fold or a slide that failed is listed, with its reason, never silently dropped.
+A fold or a slide that failed is listed, with its reason, never silently dropped. Every table is
+written as markdown, CSV and a standalone HTML page (the form the Snakemake report shows inline).
 
 Commands::
 
     ghanet-wf report --metrics M... --predictions P... [--training-logs L...] [--slides slides.csv]
-                     [--qc Q.qc.json...] [--reconstruction R...] [--folds 0 1 2 3 4]
-                     --out-dir results/<cohort>/report [--options JSON]
+                     [--qc Q.qc.json...] [--reconstruction R...] [--attention A.h5...]
+                     [--folds 0 1 2 3 4] --out-dir results/<cohort>/report [--options JSON]
     ghanet-wf report --results-dir results/<cohort> --models ghanet      # finds the same files
     ghanet-wf report paper --cindex results/*/report/cindex.csv --out-dir results/report
 """
@@ -17,7 +18,9 @@ Commands::
 from __future__ import annotations
 
 import argparse
+import html
 import json
+import math
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -43,6 +46,7 @@ DEFAULTS: dict = {
     "paper_metric": "cindex_harrell",  # cindex.csv column summarised in the paper table
     "top_genes": 5,  # best-reconstructed genes named per signature group
     "max_thumbnails": 48,  # thumbnails on the tiling QC contact sheet (failed slides first)
+    "attention_patients": 4,  # patients in the G-HANet attention figure (half highest-, half lowest-risk)
 }
 FIGURE_FORMATS = {"png", "svg", "pdf"}
 
@@ -59,9 +63,21 @@ KEY_ALIASES = {"cindex": "cindex_harrell"}
 COUNT_TITLES = {"n_patients": "Patients", "n_events": "Events"}
 PREDICTION_COLUMNS = ("case_id", "time", "event", "risk", "split", "fold")
 RECONSTRUCTION_COLUMNS = ("group", "gene", "pearson_r")
+#: columns of the report's reconstruction.csv (after ``model``)
+RECONSTRUCTION_TABLE = ["group", "n_genes", "mean_r", "std_r", "n_folds", "top_genes"]
 SLIDE_COLUMNS = ("slide_id", "status")
 SLIDE_EXTENSIONS = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".dcm", ".bif", ".vms", ".svslide"}
 GROUP_NAMES = {2: ["low risk", "high risk"], 3: ["low risk", "intermediate risk", "high risk"]}
+#: attention.h5 datasets per patient (see ghanet_workflow.fold.write_attention_h5)
+ATTENTION_DATASETS = ("token_attention", "patch_weights", "coords", "slide_index")
+#: longest side of the slide thumbnails under the attention heatmaps, in pixels (a panel is ~2 in at 150 dpi)
+THUMBNAIL_PX = 320
+HTML_STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;background:#fff}"
+    "table{border-collapse:collapse;margin:.8em 0;font-size:.9em}"
+    "th,td{border:1px solid #bbb;padding:.2em .5em;text-align:right}"
+    "th{background:#eee}th:first-child,td:first-child{text-align:left}p,li{max-width:65em}"
+)
 _FOLD_DIR = re.compile(r"fold_(\d+)$")
 
 
@@ -81,6 +97,8 @@ def resolve_options(options: Mapping | None) -> dict:
         )
     if not set(merged["formats"]) <= FIGURE_FORMATS:
         raise InputError(f"report option formats={merged['formats']}: use some of {sorted(FIGURE_FORMATS)}")
+    if int(merged["attention_patients"]) < 0:
+        raise InputError(f"report option attention_patients={merged['attention_patients']}: use 0 or more")
     if int(merged["km_groups"]) < 2:
         raise InputError(f"report option km_groups={merged['km_groups']}: use 2 (median) or more")
     return merged
@@ -201,6 +219,47 @@ def std_name(ddof: int) -> str:
     """How the footnotes name the std convention: ``sample standard deviation (ddof=1)``."""
     kind = {0: "population", 1: "sample"}.get(int(ddof), "")
     return f"{kind} standard deviation (ddof={ddof})".lstrip()
+
+
+def as_html_tables(options: dict) -> dict:
+    """``options`` with tabulate's escaping ``html`` table format, for the HTML twin of a markdown page."""
+    return {**options, "tablefmt": "html"}
+
+
+def html_page(title: str, text: str) -> str:
+    """A standalone HTML page from one of this module's markdown pages whose tables are already HTML.
+
+    Blocks are separated by blank lines: a ``<table`` block is kept as is, ``#``/``##`` lines become
+    headings, ``- `` lines list items and other lines paragraphs (all text HTML-escaped).
+    """
+    blocks = [
+        b if b.lstrip().startswith("<table") else _html_block(b) for b in re.split(r"\n\s*\n", text.strip())
+    ]
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{HTML_STYLE}</style></head><body>\n" + "\n".join(blocks) + "\n</body></html>\n"
+    )
+
+
+def _html_block(block: str) -> str:
+    """HTML of one non-table markdown block (headings, list items, paragraphs)."""
+    out, items = [], []
+    for line in block.splitlines():
+        if line.startswith("- "):
+            items.append(f"<li>{html.escape(line[2:])}</li>")
+            continue
+        if items:
+            out.append(f"<ul>{''.join(items)}</ul>")
+            items = []
+        heading = re.match(r"(#{1,3}) (.*)", line)
+        if heading:
+            level = len(heading.group(1))
+            out.append(f"<h{level}>{html.escape(heading.group(2))}</h{level}>")
+        elif line.strip():
+            out.append(f"<p>{html.escape(line)}</p>")
+    if items:
+        out.append(f"<ul>{''.join(items)}</ul>")
+    return "\n".join(out)
 
 
 # ------------------------------------------------------------------------------------ C-index table
@@ -417,23 +476,26 @@ def write_cindex_report(
     folds: Sequence[int] | None = None,
     default_model: str = "ghanet",
     options: Mapping | None = None,
+    out_html: str | Path | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-cohort C-index report of every model found in the file lists.
 
     Writes ``out_md`` (a section per model: one row per fold with Harrell C, Uno C, IBS, td-AUC,
     bootstrap 95% CI, patients, events; ``mean ± std``; pooled out-of-fold C), ``out_csv`` (the
-    same numbers, with ``kind`` in fold/mean/std/pooled) and ``out_predictions`` (every fold's
-    test rows with their risk group). Returns (table, out-of-fold predictions).
+    same numbers, with ``kind`` in fold/mean/std/pooled), ``out_predictions`` (every fold's
+    test rows with their risk group) and ``out_html`` (the markdown page as HTML). Returns
+    (table, out-of-fold predictions).
     """
     options = resolve_options(options)
     metrics_files = index_fold_files(metrics, default_model)
     prediction_files = index_fold_files(predictions, default_model)
     fold_ids = expected_folds([*metrics_files, *prediction_files], folds)
-    tables, tests, sections = [], [], []
+    tables, tests, sections, html_sections = [], [], [], []
     for model in models_in(metrics_files, prediction_files):
         test = out_of_fold_predictions(model, fold_ids, prediction_files, int(options["km_groups"]))
         table = model_cindex_table(model, fold_ids, metrics_files, test, int(options["std_ddof"]))
         sections.append(cindex_markdown(model, cohort, table, test, options))
+        html_sections.append(cindex_markdown(model, cohort, table, test, as_html_tables(options)))
         tables.append(table)
         tests.append(test)
     if not tables:
@@ -442,6 +504,10 @@ def write_cindex_report(
     table.insert(0, "cohort", cohort)
     test = pd.concat(tests, ignore_index=True)
     write_text(out_md, f"# C-index — {cohort}\n\n" + "\n".join(sections))
+    if out_html is not None:
+        write_text(
+            out_html, html_page(f"C-index — {cohort}", f"# C-index — {cohort}\n\n" + "\n".join(html_sections))
+        )
     write_csv(out_csv, table)
     if out_predictions is not None:
         write_csv(out_predictions, test)
@@ -650,33 +716,44 @@ def write_failed_slides(
     encoder: str | None = None,
     target_mpp: float | None = None,
     options: Mapping | None = None,
+    out_html: str | Path | None = None,
 ) -> pd.DataFrame:
     """Table of slides whose status is not ``ok``, with reasons, plus the cohort QC summary.
 
-    Writes ``out_md`` (failed slides, or an explicit 'none failed' line; then the QC summary) and
-    ``out_csv`` (the failed rows). Returns the full slide table.
+    Writes ``out_md`` (failed slides, or an explicit 'none failed' line; then the QC summary),
+    ``out_csv`` (the failed rows) and ``out_html`` (the page as HTML). Returns the full slide table.
     """
     options = resolve_options(options)
     slides = load_slide_table(slides_csvs, qc_jsons)
     failed = slides[slides["status"] != "ok"]
     columns = [c for c in ("slide_id", "case_id", "status", "reason") if c in slides.columns]
+    write_text(out_md, failed_slides_page(slides, failed[columns], encoder, target_mpp, options["tablefmt"]))
+    if out_html is not None:
+        page = failed_slides_page(slides, failed[columns], encoder, target_mpp, "html")
+        write_text(out_html, html_page("Failed slides", page))
+    write_csv(out_csv, failed[columns])
+    return slides
+
+
+def failed_slides_page(
+    slides: pd.DataFrame, failed: pd.DataFrame, encoder: str | None, target_mpp: float | None, tablefmt: str
+) -> str:
+    """Markdown page: the failed slides with reasons (or 'None failed'), then the cohort QC summary."""
     if failed.empty:
         failed_text = f"None failed: all {len(slides)} slides were usable.\n"
     else:
         failed_text = (
             f"{len(failed)} of {len(slides)} slides were not usable and are left out of training:\n\n"
             + tabulate(
-                failed[columns].fillna("").values.tolist(),
-                headers=columns,
-                tablefmt=options["tablefmt"],
+                failed.fillna("").values.tolist(),
+                headers=list(failed.columns),
+                tablefmt=tablefmt,
                 disable_numparse=True,
             )
             + "\n"
         )
-    summary = qc_summary_markdown(slides, encoder, target_mpp, options["tablefmt"])
-    write_text(out_md, f"# Failed slides\n\n{failed_text}\n## Cohort QC\n\n{summary}")
-    write_csv(out_csv, failed[columns])
-    return slides
+    summary = qc_summary_markdown(slides, encoder, target_mpp, tablefmt)
+    return f"# Failed slides\n\n{failed_text}\n## Cohort QC\n\n{summary}"
 
 
 # ------------------------------------------------------------------------------------ reconstruction
@@ -690,28 +767,42 @@ def write_reconstruction_report(
     folds: Sequence[int] | None = None,
     default_model: str = "ghanet",
     options: Mapping | None = None,
+    out_html: str | Path | None = None,
 ) -> pd.DataFrame:
     """Genomic reconstruction per signature group: mean Pearson r on the test folds and the top genes.
 
     Each ``reconstruction.csv`` (group, gene, pearson_r) is one fold; the group's r is the mean over
-    its genes per fold, then mean ± std over folds. A missing file is listed, not an error.
+    its genes per fold, then mean ± std over folds. A missing file is listed, not an error; a model
+    whose files hold no rows (no reconstruction head, e.g. ABMIL) is named as such.
     """
     options = resolve_options(options)
     files = index_fold_files(reconstruction, default_model)
     fold_ids = expected_folds(files, folds)
-    sections, tables = [], []
+    sections, html_sections, tables, without = [], [], [], []
     for model in models_in(files):
         per_fold, missing = _reconstruction_folds(model, fold_ids, files)
+        if per_fold.empty and len(missing) < len(fold_ids):
+            without.append(model)
+            continue
         table = _reconstruction_table(
             per_fold, int(options["std_ddof"]), int(options["top_genes"]), int(options["decimals"])
         )
         table.insert(0, "model", model)
         tables.append(table)
         sections.append(_reconstruction_markdown(model, table, missing, len(fold_ids), options))
-    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    write_text(
-        out_md,
-        "# Genomic reconstruction\n\n" + ("\n".join(sections) or "No reconstruction outputs were given.\n"),
+        html_sections.append(
+            _reconstruction_markdown(model, table, missing, len(fold_ids), as_html_tables(options))
+        )
+    note = f"Models without gene reconstruction: {', '.join(without)}.\n" if without else ""
+    empty = "No reconstruction outputs were given.\n" if not sections and not without else ""
+    write_text(out_md, "# Genomic reconstruction\n\n" + "\n".join(sections) + note + empty)
+    if out_html is not None:
+        page = "# Genomic reconstruction\n\n" + "\n".join(html_sections) + note + empty
+        write_text(out_html, html_page("Genomic reconstruction", page))
+    table = (
+        pd.concat(tables, ignore_index=True)
+        if tables
+        else pd.DataFrame(columns=["model", *RECONSTRUCTION_TABLE])
     )
     write_csv(out_csv, table)
     return table
@@ -754,7 +845,7 @@ def _reconstruction_table(rows: pd.DataFrame, ddof: int, top: int, decimals: int
                 ),
             }
         )
-    return pd.DataFrame(out, columns=["group", "n_genes", "mean_r", "std_r", "n_folds", "top_genes"])
+    return pd.DataFrame(out, columns=RECONSTRUCTION_TABLE)
 
 
 def _reconstruction_markdown(
@@ -778,6 +869,128 @@ def _reconstruction_markdown(
         f"Missing folds: {'; '.join(missing) or 'none.'}"
     )
     return f"## {model}\n\n{body}\n\n{note}\n"
+
+
+# ------------------------------------------------------------------------------------ attention
+
+
+def read_attention_files(paths: Iterable[str | Path], default_model: str = "ghanet") -> list[dict]:
+    """Every patient stored in the given ``attention.h5`` files (datasets, attrs, model, fold, groups).
+
+    ``rank`` is the patient's place among its fold's patients of the same risk end (0 = most extreme).
+    A missing file is skipped (its fold is missing from the C-index table too).
+    """
+    import h5py
+
+    patients = []
+    for (model, fold), path in sorted(index_fold_files(paths, default_model).items()):
+        if not path.is_file():
+            continue
+        try:
+            with h5py.File(path, "r") as handle:
+                groups = [str(g) for g in handle.attrs.get("groups", [])]
+                entries = handle.get("patients") or {}
+                for key in sorted(entries, key=int):
+                    entry = entries[key]
+                    record = {name: entry[name][()] for name in ATTENTION_DATASETS}
+                    record.update({name: _plain(value) for name, value in entry.attrs.items()})
+                    patients.append({**record, "model": model, "fold": fold, "groups": groups})
+        except (OSError, KeyError, ValueError) as exc:
+            raise InputError(
+                f"cannot read {path}: {exc}; rerun that fold's training (ghanet-wf train)"
+            ) from exc
+    seen: dict[tuple, int] = {}
+    for patient in patients:
+        key = (patient["model"], patient["fold"], patient["risk_end"])
+        patient["rank"] = seen[key] = seen.get(key, -1) + 1
+    return patients
+
+
+def _plain(value):
+    """An HDF5 attribute as a Python value (string arrays as lists of str)."""
+    if isinstance(value, np.ndarray):
+        return [v.decode() if isinstance(v, bytes) else v.item() if hasattr(v, "item") else v for v in value]
+    return value.decode() if isinstance(value, bytes) else value.item() if hasattr(value, "item") else value
+
+
+def select_attention_patients(patients: Sequence[dict], n: int) -> list[dict]:
+    """Up to ``n`` patients: half from the folds' high-risk ends, half from their low-risk ends.
+
+    Each fold's most extreme patient comes first (folds in order), then the next ones, so the figure
+    shows different folds before it shows a second patient of one fold.
+    """
+    chosen = []
+    for end, count in (("high", math.ceil(n / 2)), ("low", n // 2)):
+        pool = sorted((p for p in patients if p.get("risk_end") == end), key=lambda p: (p["rank"], p["fold"]))
+        chosen += pool[:count]
+    return chosen
+
+
+def read_thumbnail(
+    path: str | Path | None, max_px: int = THUMBNAIL_PX
+) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """RGB thumbnail and level-0 (width, height) of a slide read with OpenSlide; None if it cannot be read."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        import openslide
+    except ImportError:
+        return None
+    try:
+        with openslide.OpenSlide(str(path)) as slide:
+            return np.asarray(slide.get_thumbnail((max_px, max_px)).convert("RGB")), tuple(slide.dimensions)
+    except (OSError, openslide.OpenSlideError):
+        return None
+
+
+def slide_paths(slides: pd.DataFrame | None) -> dict[str, str]:
+    """slide key -> slide file, from the tiling QC rows (``slide_path``) of the slide table."""
+    if slides is None or "slide_path" not in slides:
+        return {}
+    known = slides.dropna(subset=["slide_path"])
+    return dict(zip(known["slide_key"], known["slide_path"].astype(str)))
+
+
+def attention_panel(patient: dict, paths: Mapping[str, str]) -> plots.AttentionPanel:
+    """The figure row of one patient: its slide with the most patches, that slide's patches only."""
+    index = np.asarray(patient["slide_index"])
+    shown = int(np.bincount(index).argmax())
+    mask = index == shown
+    slide_ids = list(patient["slide_ids"])
+    slide_id = slide_ids[shown]
+    patch_size = int(list(patient["patch_size_level0"])[shown]) or 1
+    coords = np.asarray(patient["coords"])[mask]
+    thumbnail = read_thumbnail(paths.get(slide_key(slide_id)))
+    size = thumbnail[1] if thumbnail else tuple(int(v) + patch_size for v in coords.max(axis=0, initial=0))
+    more = f" (1 of {len(slide_ids)} slides)" if len(slide_ids) > 1 else ""
+    return plots.AttentionPanel(
+        title=f"{patient['case_id']}: {patient['risk_end']} risk\n{patient['model']} fold {patient['fold']}, "
+        f"{slide_id}{more}",
+        coords=coords,
+        patch_size=patch_size,
+        token_attention=np.asarray(patient["token_attention"])[:, mask],
+        patch_weights=np.asarray(patient["patch_weights"])[mask],
+        size=size,
+        thumbnail=thumbnail[0] if thumbnail else None,
+    )
+
+
+def write_attention_figure(
+    attention: Iterable[str | Path],
+    out_path: Path,
+    options: dict,
+    slides: pd.DataFrame | None = None,
+    default_model: str = "ghanet",
+) -> list[Path]:
+    """attention_heatmaps.png: CAB token attention per signature group and gated patch weights over the
+    slide thumbnail, for ``attention_patients`` of the patients stored in the folds' attention.h5."""
+    chosen = select_attention_patients(
+        read_attention_files(attention, default_model), int(options["attention_patients"])
+    )
+    paths = slide_paths(slides)
+    panels = [attention_panel(patient, paths) for patient in chosen]
+    groups = chosen[0]["groups"] if chosen else []
+    return plots.plot_attention_heatmaps(panels, groups, out_path, options["formats"])
 
 
 # ------------------------------------------------------------------------------------ figures
@@ -863,6 +1076,7 @@ def discover_inputs(results_dir: Path, models: Sequence[str]) -> dict[str, list[
         "predictions": per_fold("predictions.csv"),
         "training_logs": per_fold("training_log.csv"),
         "reconstruction": per_fold("reconstruction.csv"),
+        "attention": per_fold("attention.h5"),
         "slides": [slides] if slides.is_file() else [],
         "qc": sorted((results_dir / "tiles").glob("*.qc.json")),
     }
@@ -880,6 +1094,7 @@ def cohort_parser() -> argparse.ArgumentParser:
         "--predictions": "per-fold predictions.csv",
         "--training-logs": "per-fold training_log.csv",
         "--reconstruction": "per-fold reconstruction.csv",
+        "--attention": "per-fold attention.h5 (G-HANet attention of a few test patients)",
         "--slides": "cohort slides.csv",
         "--qc": "tiling <slide>.qc.json files",
         "--qc-png": "tiling QC thumbnails (default: tiles/qc/<slide>.png next to each --qc file)",
@@ -920,7 +1135,16 @@ def run_cohort_report(args: argparse.Namespace) -> list[Path]:
     found = discover_inputs(args.results_dir, args.models) if args.results_dir else {}
     given = {
         key: getattr(args, key) if getattr(args, key) is not None else found.get(key, [])
-        for key in ("metrics", "predictions", "training_logs", "reconstruction", "slides", "qc", "qc_png")
+        for key in (
+            "metrics",
+            "predictions",
+            "training_logs",
+            "reconstruction",
+            "attention",
+            "slides",
+            "qc",
+            "qc_png",
+        )
     }
     out_dir = args.out_dir or (args.results_dir / "report" if args.results_dir else None)
     if out_dir is None:
@@ -937,9 +1161,11 @@ def run_cohort_report(args: argparse.Namespace) -> list[Path]:
         folds=args.folds,
         default_model=args.model,
         options=options,
+        out_html=out_dir / "cindex.html",
     )
-    written = [out_dir / n for n in ("cindex.md", "cindex.csv", "predictions.csv")]
+    written = [out_dir / n for n in ("cindex.md", "cindex.html", "cindex.csv", "predictions.csv")]
     written += write_figures(table, test, out_dir, options, given["training_logs"], args.model)
+    slides = None
     if given["slides"] or given["qc"]:
         slides = write_failed_slides(
             given["slides"],
@@ -949,9 +1175,10 @@ def run_cohort_report(args: argparse.Namespace) -> list[Path]:
             encoder=args.encoder,
             target_mpp=args.target_mpp,
             options=options,
+            out_html=out_dir / "failed_slides.html",
         )
         pngs = given["qc_png"] or qc_pngs_next_to(given["qc"])
-        written += [out_dir / "failed_slides.md", out_dir / "failed_slides.csv"]
+        written += [out_dir / f"failed_slides.{ext}" for ext in ("md", "html", "csv")]
         written += write_qc_sheet(slides, pngs, out_dir / "qc_contact_sheet.png", options)
     if given["reconstruction"]:
         write_reconstruction_report(
@@ -961,8 +1188,13 @@ def run_cohort_report(args: argparse.Namespace) -> list[Path]:
             folds=args.folds,
             default_model=args.model,
             options=options,
+            out_html=out_dir / "reconstruction.html",
         )
-        written += [out_dir / "reconstruction.md", out_dir / "reconstruction.csv"]
+        written += [out_dir / f"reconstruction.{ext}" for ext in ("md", "html", "csv")]
+    if given["attention"]:
+        written += write_attention_figure(
+            given["attention"], out_dir / "attention_heatmaps.png", options, slides, args.model
+        )
     return written
 
 

@@ -1,5 +1,7 @@
 # Aggregate every fold of every model into the report tables and figures. Runs in seconds on a
-# CPU; every output is registered for `snakemake --report results/report.html`.
+# CPU and never trains: changing a `report:` option reruns this rule only. Every table is written
+# as markdown, CSV and HTML; the HTML page and every figure are registered for
+# `snakemake --report results/report.html`, one label ("result") per entry, one subcategory per cohort.
 
 
 rule report:
@@ -7,53 +9,80 @@ rule report:
         metrics=fold_outputs("metrics.json"),
         predictions=fold_outputs("predictions.csv"),
         training_logs=fold_outputs("training_log.csv"),
+        reconstruction=fold_outputs("reconstruction.csv"),
+        attention=fold_outputs("attention.h5"),
         slides=rules.build_cohort.output.slides,
         qc=tile_qc_files,
         qc_png=tile_qc_pngs,
     output:
-        cindex_md=report(
-            f"{RESULTS}/report/cindex.md",
+        cindex_md=f"{RESULTS}/report/cindex.md",
+        cindex_html=report(
+            f"{RESULTS}/report/cindex.html",
             caption="../report/cindex.rst",
             category="Survival",
-            labels={"table": "C-index per fold"},
+            subcategory=COHORT,
+            labels={"result": "C-index per fold (table)"},
         ),
         cindex_csv=f"{RESULTS}/report/cindex.csv",
         predictions=report(
             f"{RESULTS}/report/predictions.csv",
             caption="../report/predictions.rst",
             category="Survival",
-            labels={"table": "out-of-fold predictions"},
+            subcategory=COHORT,
+            labels={"result": "out-of-fold predictions (CSV)"},
         ),
         km=report(
             f"{RESULTS}/report/km.png",
             caption="../report/km.rst",
             category="Survival",
-            labels={"figure": "Kaplan-Meier by predicted risk"},
+            subcategory=COHORT,
+            labels={"result": "Kaplan-Meier by predicted risk"},
         ),
         cindex_strip=report(
             f"{RESULTS}/report/cindex_strip.png",
             caption="../report/cindex_strip.rst",
             category="Survival",
-            labels={"figure": "C-index per fold"},
+            subcategory=COHORT,
+            labels={"result": "C-index per fold (figure)"},
+        ),
+        reconstruction_md=f"{RESULTS}/report/reconstruction.md",
+        reconstruction_html=report(
+            f"{RESULTS}/report/reconstruction.html",
+            caption="../report/reconstruction.rst",
+            category="Genomic reconstruction",
+            subcategory=COHORT,
+            labels={"result": "Pearson r per signature group"},
+        ),
+        reconstruction_csv=f"{RESULTS}/report/reconstruction.csv",
+        attention=report(
+            f"{RESULTS}/report/attention_heatmaps.png",
+            caption="../report/attention_heatmaps.rst",
+            category="Interpretability",
+            subcategory=COHORT,
+            labels={"result": "G-HANet attention heatmaps"},
         ),
         training_curves=report(
             f"{RESULTS}/report/training_curves.png",
             caption="../report/training_curves.rst",
             category="Training",
-            labels={"figure": "training curves"},
+            subcategory=COHORT,
+            labels={"result": "training curves"},
         ),
-        failed_md=report(
-            f"{RESULTS}/report/failed_slides.md",
+        failed_md=f"{RESULTS}/report/failed_slides.md",
+        failed_html=report(
+            f"{RESULTS}/report/failed_slides.html",
             caption="../report/failed_slides.rst",
             category="Slides",
-            labels={"table": "failed slides and QC"},
+            subcategory=COHORT,
+            labels={"result": "failed slides and QC"},
         ),
         failed_csv=f"{RESULTS}/report/failed_slides.csv",
         qc_sheet=report(
             f"{RESULTS}/report/qc_contact_sheet.png",
             caption="../report/qc_contact_sheet.rst",
             category="Slides",
-            labels={"figure": "tiling QC contact sheet"},
+            subcategory=COHORT,
+            labels={"result": "tiling QC contact sheet"},
         ),
     log:
         f"{LOGS}/report.log",
@@ -68,7 +97,8 @@ rule report:
         options=options("report"),
     shell:
         "python -m ghanet_workflow.cli report --metrics {input.metrics:q} --predictions {input.predictions:q}"
-        " --training-logs {input.training_logs:q} --slides {input.slides:q}"
+        " --training-logs {input.training_logs:q} --reconstruction {input.reconstruction:q}"
+        " --attention {input.attention:q} --slides {input.slides:q}"
         " --qc {input.qc:q} --qc-png {input.qc_png:q} --folds {params.folds}"
         " --cohort {params.cohort:q} --encoder {params.encoder:q} --target-mpp {params.target_mpp}"
         " --out-dir {params.out_dir:q} --options {params.options:q} > {log:q} 2>&1"

@@ -1,5 +1,7 @@
 # One job per (model, fold): per-fold genomic preprocessing (training patients only), training with
-# an atomic checkpoint every epoch (a killed or timed-out job resumes on rerun), prediction and metrics.
+# an atomic checkpoint every epoch (a killed or timed-out job resumes on rerun), prediction and metrics,
+# and on the test patients the gene reconstruction (every model; header only without a
+# reconstruction head) and the CAB attention of the extreme-risk patients (G-HANet; empty otherwise).
 
 
 rule train_fold:
@@ -14,6 +16,8 @@ rule train_fold:
         metrics=f"{RESULTS}/models/{{model}}/fold_{{fold}}/metrics.json",
         model=f"{RESULTS}/models/{{model}}/fold_{{fold}}/model.pt",
         log_csv=f"{RESULTS}/models/{{model}}/fold_{{fold}}/training_log.csv",
+        reconstruction=f"{RESULTS}/models/{{model}}/fold_{{fold}}/reconstruction.csv",
+        attention=f"{RESULTS}/models/{{model}}/fold_{{fold}}/attention.h5",
     log:
         f"{LOGS}/train_fold/{{model}}_fold_{{fold}}.log",
     conda:
