@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from e2e_fixtures import demo_run  # noqa: F401  (one real demo run per session, shared by slow tests)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"

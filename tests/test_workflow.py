@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,13 +18,6 @@ SNAKEMAKE = str(BIN / "snakemake")
 def run(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", HF_HUB_OFFLINE="1")
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def copy_repo(dest: Path) -> Path:
-    """A clean copy of the workflow (no results, no venv) to run in isolation."""
-    ignore = shutil.ignore_patterns(".venv", "results", "logs", ".snakemake", ".git", "__pycache__", "*.egg-info", "bench")
-    shutil.copytree(REPO, dest, ignore=ignore)
-    return dest
 
 
 def test_dry_run_lists_every_stage():
@@ -63,12 +55,9 @@ def test_snakefmt_is_clean():
 
 
 @pytest.mark.slow
-def test_demo_end_to_end(tmp_path):
+def test_demo_end_to_end(demo_run):
     """README command 1 minus the install: the whole demo on 2 cores, every stage for real."""
-    work = copy_repo(tmp_path / "wf")
-    result = run([SNAKEMAKE, "--cores", "2", "--profile", "profiles/local"], work, timeout=1500)
-    assert result.returncode == 0, result.stderr[-5000:]
-    report = work / "results" / "demo_blca" / "report"
+    report = demo_run / "results" / "demo_blca" / "report"
     table = pd.read_csv(report / "cindex.csv")
     fold_rows = table[table["kind"] == "fold"]
     assert len(fold_rows) == 5 and (fold_rows["status"] == "ok").all()
@@ -80,6 +69,8 @@ def test_demo_end_to_end(tmp_path):
     assert "broken.svs" in failed
     predictions = pd.read_csv(report / "predictions.csv")
     assert predictions["case_id"].nunique() == 40
+    # The planted signal of the simulation is learned (a property of the demo, not a result).
+    assert fold_rows["cindex_harrell"].mean() >= 0.65
 
 
 def job_counts(stdout: str) -> dict[str, int]:

@@ -346,6 +346,8 @@ def train(
             on_epoch_end(epoch, row)
     if writer is not None:
         writer.close()
+    # A resumed run that was already complete trains no epoch: the log must still exist.
+    write_csv(out_dir / LOG_NAME, pd.DataFrame(state["log_rows"], columns=LOG_COLUMNS))
     selected = state["epoch"]
     if options["select"] == "best_val" and state["best_model"] is not None:
         model.load_state_dict(state["best_model"])
