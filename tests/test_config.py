@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ghanet_workflow import demo, features, metrics, preprocess, report, splits, tiling, train
+from ghanet_workflow import demo, features, metrics, predict, preprocess, report, splits, tiling, train
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
@@ -20,6 +20,7 @@ SECTIONS = {
     "training": train.DEFAULTS,
     "evaluation": metrics.DEFAULTS,
     "report": report.DEFAULTS,
+    "predict": predict.DEFAULTS,
 }
 
 

@@ -160,7 +160,11 @@ def test_cli_writes_mean_spread_and_groups_of_the_fold_models(trained, new_slide
     assert risks.loc["B", "n_slides"] == 2 and risks.loc["B", "n_patches"] == 14
     model_dirs = fold_model_dirs(trained, "ghanet")
     assert [d.name for d in model_dirs] == ["fold_0", "fold_1"]
-    pooled = {"A": bags["NEW-A.svs"], "B": np.concatenate([bags["NEW-B1.svs"], bags["NEW-B2.tiff"]]), "C": bags["NEW-C.svs"]}
+    pooled = {
+        "A": bags["NEW-A.svs"],
+        "B": np.concatenate([bags["NEW-B1.svs"], bags["NEW-B2.tiff"]]),
+        "C": bags["NEW-C.svs"],
+    }
     for case_id, bag in pooled.items():
         expected = [direct_risk(d, bag) for d in model_dirs]
         np.testing.assert_allclose(risks.loc[case_id, ["risk_fold_0", "risk_fold_1"]], expected, rtol=1e-5)
@@ -206,7 +210,7 @@ def test_risk_groups_follow_the_stored_cutoffs(trained, new_slides, tmp_path):
 def test_a_missing_feature_file_is_named(trained, new_slides, tmp_path):
     table_path, features_dir, _ = new_slides
     slides = pd.concat([read_slide_table(table_path), pd.DataFrame([{"case_id": "D", "slide_id": "NEW-D.svs"}])])
-    with pytest.raises(InputError, match=r"slide NEW-D\.svs: feature file .*NEW-D\.h5 not found"):
+    with pytest.raises(InputError, match=r"1 feature file\(s\) not found \(slide NEW-D\.svs: .*NEW-D\.h5\)"):
         predict_slides(slides, fold_model_dirs(trained, "ghanet"), features_dir)
 
 
@@ -251,3 +255,14 @@ def test_missing_models_and_bad_tables_are_named(trained, tmp_path):
         read_slide_table(tmp_path / "twice.tsv")
     with pytest.raises(InputError, match="unknown key"):
         predict_slides(pd.DataFrame({"case_id": ["A"], "slide_id": ["A.svs"]}), [], options={"devcie": "cpu"})
+
+
+def test_cli_takes_explicit_fold_folders_and_options(trained, new_slides, tmp_path):
+    table_path, features_dir, _ = new_slides
+    out = tmp_path / "risks.csv"
+    fold_1 = trained / "models" / "ghanet" / "fold_1"
+    argv = ["predict", "--slides", str(table_path), "--features-dir", str(features_dir), "--model-dirs", str(fold_1)]
+    assert cli.main([*argv, "--out", str(out), "--options", '{"device": "cpu"}']) == 0
+    risks = pd.read_csv(out)
+    assert [c for c in risks.columns if c.startswith("risk_fold_")] == ["risk_fold_1"]
+    np.testing.assert_allclose(risks["risk_mean"], risks["risk_fold_1"])

@@ -100,3 +100,25 @@ def test_bring_your_own_features_skip_tiling_and_extraction(tmp_path):
     byo = job_counts(result.stdout)
     assert byo["import_features"] == 1
     assert byo["tile_slide"] == plain["tile_slide"] - 1
+
+def test_predict_target_tiles_featurises_and_scores_only_the_new_slides(tmp_path):
+    trained = tmp_path / "trained"  # a results/<cohort> folder of another run: its model.pt files are inputs
+    for fold in range(2):
+        folder = trained / "models" / "ghanet" / f"fold_{fold}"
+        folder.mkdir(parents=True)
+        (folder / "model.pt").write_bytes(b"")
+    table = tmp_path / "new_slides.csv"
+    table.write_text(f"case_id,slide_id,path\nNEW-1,CMU-1-Small-Region.svs,{REPO}/data/slides/CMU-1-Small-Region.svs\n")
+    setting = f"predict={{slides: {table}, models_from: {trained}}}"
+    result = run([SNAKEMAKE, "-n", "predict", "--quiet", "rules", "--config", setting], REPO)
+    assert result.returncode == 0, result.stderr
+    for rule in ("predict_tile_slide", "predict_extract_features", "predict_risks"):
+        assert rule in result.stdout, result.stdout
+    for rule in ("train_fold", "build_cohort", "demo_slide"):  # no training, no clinical table, no demo
+        assert rule not in result.stdout, result.stdout
+
+
+def test_predict_without_a_slide_table_names_the_key():
+    result = run([SNAKEMAKE, "-n", "predict"], REPO)
+    assert result.returncode != 0
+    assert "predict.slides" in result.stderr + result.stdout

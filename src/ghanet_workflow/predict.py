@@ -116,13 +116,18 @@ def feature_paths(slides: pd.DataFrame, features_dir: str | Path | None) -> list
     return [Path(features_dir) / f"{slide_key(s)}.h5" for s in slides["slide_id"]]
 
 
-def read_slide_features(path: Path, slide_id: str) -> SlideFeatures:
-    """Features and attributes of one slide's HDF5 file; a missing or unreadable file raises InputError."""
-    if not path.is_file():
+def check_feature_files(slide_ids: Sequence[str], paths: Sequence[Path]) -> None:
+    """Every slide must have its feature file before any patient is scored; the missing ones are named."""
+    missing = [f"slide {slide_id}: {path}" for slide_id, path in zip(slide_ids, paths) if not path.is_file()]
+    if missing:
         raise InputError(
-            f"slide {slide_id}: feature file {path} not found; extract the new slides' features first "
-            "(snakemake predict) or fix --features-dir / the features_path column"
+            f"{len(missing)} feature file(s) not found ({'; '.join(missing[:10])}); extract the new slides' "
+            "features first (snakemake predict) or fix --features-dir / the features_path column"
         )
+
+
+def read_slide_features(path: Path, slide_id: str) -> SlideFeatures:
+    """Features and attributes of one slide's HDF5 file; an unreadable file raises InputError."""
     try:
         with h5py.File(path, "r") as handle:
             features = np.asarray(handle["features"][()], dtype=np.float32)
@@ -161,7 +166,9 @@ def load_fold_models(model_dirs: Sequence[str | Path], device: torch.device) -> 
     models = []
     for folder in map(Path, model_dirs):
         model, meta = load_fold_model(folder)
-        models.append(FoldModel(folder, meta["fold"], model.to(device), float(meta["cutoff"]), meta["config"]["in_dim"]))
+        models.append(
+            FoldModel(folder, meta["fold"], model.to(device), float(meta["cutoff"]), meta["config"]["in_dim"])
+        )
     dims = {m.in_dim: m.folder for m in models}
     if len(dims) > 1:
         raise InputError(f"fold models take different feature dimensions {dims}; use models of one trained cohort")
@@ -300,6 +307,7 @@ def predict_slides(
     if reference is None:
         log.warning("training features of %s not found: encoder and tiling are not checked", models[0].folder)
     paths = feature_paths(slides, features_dir)
+    check_feature_files(slides["slide_id"].tolist(), paths)
     rows = []
     for case_id, group in slides.assign(_path=paths).groupby("case_id", sort=False):
         patient_slides = []

@@ -286,3 +286,95 @@ def mem_mb_features(wildcards, attempt):
 
 def runtime_features(wildcards, attempt):
     return int(config["resources"]["features_runtime_min"] * (1 + 0.5 * (attempt - 1)))
+
+
+# ---------------------------------------------------------------- new slides to predict (predict.smk)
+
+from ghanet_workflow.cohort import slide_key as predict_slide_key
+from ghanet_workflow.predict import fold_model_dirs, read_slide_table
+
+PREDICT = config.get("predict") or {}
+PREDICT_DIR = f"{RESULTS}/predict"
+PREDICT_MODEL = PREDICT.get("model") or "ghanet"
+# null: this cohort's fold models, which Snakemake then trains first if needed
+PREDICT_MODELS_FROM = PREDICT.get("models_from") or RESULTS
+
+
+def load_predict_slides():
+    """New slides indexed by slide key (case_id, slide_id, path, mpp); empty when predict.slides is unset."""
+    columns = ["case_id", "slide_id", "path", "mpp"]
+    if not PREDICT.get("slides"):
+        return pd.DataFrame(columns=columns)
+    table = read_slide_table(PREDICT["slides"])
+    if "path" not in table or (table["path"].str.strip() == "").any():
+        raise ValueError(
+            f"predict.slides {PREDICT['slides']}: every row needs a path (the slide file to tile)"
+        )
+    if "mpp" not in table:
+        table["mpp"] = ""
+    table["mpp"] = pd.to_numeric(table["mpp"].replace("", float("nan")))
+    table.index = table["slide_id"].map(predict_slide_key)
+    return table[columns]
+
+
+PREDICT_SLIDES = load_predict_slides()
+PREDICT_CHUNKS = _chunks(PREDICT_SLIDES.index, SLIDES_PER_JOB)
+
+
+def predict_slide_table(wildcards):
+    if not PREDICT.get("slides"):
+        raise ValueError(
+            "config key predict.slides is empty: set it to a table of the new slides "
+            "(case_id, slide_id, path, optional mpp), e.g. --config predict='{slides: new.csv}'"
+        )
+    return PREDICT["slides"]
+
+
+def predict_slide_path(wildcards):
+    return PREDICT_SLIDES.loc[wildcards.slide, "path"]
+
+
+def predict_slide_id(wildcards):
+    return PREDICT_SLIDES.loc[wildcards.slide, "slide_id"]
+
+
+def predict_mpp_option(wildcards):
+    mpp = PREDICT_SLIDES.loc[wildcards.slide, "mpp"]
+    return "" if pd.isna(mpp) else f"--mpp {float(mpp)}"
+
+
+def predict_chunk_slide_paths(wildcards):
+    return [PREDICT_SLIDES.loc[key, "path"] for key in PREDICT_CHUNKS[wildcards.chunk]]
+
+
+def predict_chunk_coords(wildcards):
+    return [f"{PREDICT_DIR}/tiles/{key}.h5" for key in PREDICT_CHUNKS[wildcards.chunk]]
+
+
+def predict_chunk_feature_files(wildcards):
+    return [
+        f"{PREDICT_DIR}/features/{ENCODER}/{key}.h5"
+        for key in PREDICT_CHUNKS[wildcards.chunk]
+    ]
+
+
+def predict_manifests(wildcards):
+    return expand(
+        f"{PREDICT_DIR}/features/{ENCODER}/chunks/{{chunk}}.txt", chunk=PREDICT_CHUNKS
+    )
+
+
+def predict_model_files(wildcards):
+    """model.pt of every fold: this cohort's (built by train_fold) or those found in predict.models_from."""
+    if PREDICT_MODELS_FROM == RESULTS:
+        return expand(
+            f"{RESULTS}/models/{PREDICT_MODEL}/fold_{{fold}}/model.pt", fold=FOLDS
+        )
+    return [
+        str(folder / "model.pt")
+        for folder in fold_model_dirs(PREDICT_MODELS_FROM, PREDICT_MODEL)
+    ]
+
+
+def predict_model_dirs(wildcards, input):
+    return [str(Path(path).parent) for path in input.models]
