@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 from collections.abc import Collection
 from pathlib import Path
@@ -457,10 +458,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--model", required=True, choices=sorted(MODELS))
     parser.add_argument("--out-dir", required=True)
     parser.add_argument(
-        "--options", help="JSON object (or file) with the config sections training, " "genomics, evaluation"
+        "--options", help="JSON object (or file) with the config sections training, genomics, evaluation"
     )
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (the job's allocation); default: torch's")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)  # stay inside the CPUs the scheduler gave this job
+    log.info("CUDA_VISIBLE_DEVICES=%s", os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"))
     options = parse_options(args.options, {section: {} for section in OPTION_SECTIONS}, "train")
     metrics = run_fold(args.cohort_dir, args.fold_csv, args.model, args.out_dir, options)
     log.info(

@@ -33,5 +33,5 @@ rule train_fold:
         options=train_options(),
     shell:
         "python -m ghanet_workflow.cli train --cohort-dir {params.cohort_dir:q} --fold-csv {input.fold:q}"
-        " --model {wildcards.model:q} --out-dir {params.out_dir:q}"
+        " --model {wildcards.model:q} --out-dir {params.out_dir:q} --threads {threads}"
         " --options {params.options:q} > {log:q} 2>&1"
