@@ -72,7 +72,7 @@ def time_reference(cases: dict[str, Case], options: dict, dim: int, bag_dir: Pat
     model.train()
     for step, index in enumerate(order.tolist(), start=1):
         case = cases[ids[index]]
-        features = torch.load(paths[ids[index]]).to(device)
+        features = torch.load(paths[ids[index]], weights_only=True).to(device)
         genes = [g.to(device) for g in case.genomics]
         loss = total_loss(model(features), case.label, case.censorship, genes)["total"]
         (loss / options["grad_accum"]).backward()

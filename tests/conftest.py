@@ -16,6 +16,17 @@ TEST_SLIDES = REPO / "tests" / "data" / "slides"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture
+def torch_one_thread():
+    """Tiny tensors: one intra-op torch thread is fastest and immune to oversubscribed CPUs."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO

@@ -30,13 +30,7 @@ SMALL = {
 BLCA_GROUP_SIZES = [94, 334, 521, 468, 1496, 479]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is fastest and immune to oversubscribed CPUs."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def small_model(name: str = "ghanet", **overrides) -> torch.nn.Module:

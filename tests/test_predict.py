@@ -33,13 +33,7 @@ OPTIONS = {
 N_PATIENTS = 24
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is fastest and immune to oversubscribed CPUs."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def write_features(path: Path, features: np.ndarray, **attrs) -> Path:

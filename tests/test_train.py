@@ -32,13 +32,7 @@ GROUP_SIZES = [3, 5, 4]
 FAST = {"epochs": 3, "grad_accum": 4, "max_patches": 24, "hidden_dim": 32, "n_heads": 4, "seed": 7}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is fastest and immune to oversubscribed CPUs."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def synthetic_cases(n: int, seed: int) -> dict[str, Case]:
