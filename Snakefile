@@ -31,3 +31,7 @@ rule all:
     default_target: True
     input:
         report_outputs(),
+
+
+onerror:
+    write_partial_report()

@@ -211,6 +211,32 @@ def test_a_metrics_file_that_is_absent_or_failed_is_listed_with_its_reason(cohor
     assert "3 completed fold(s) of 5" in md
 
 
+def test_a_failed_run_reports_each_missing_fold_with_the_error_from_its_training_log(cohort_run, tmp_path):
+    results, _, _, _ = cohort_run
+    logs = tmp_path / "logs" / "train_fold"
+    logs.mkdir(parents=True)
+    (logs / "ghanet_fold_3.log").write_text(
+        "2026-11-29 INFO fold: CUDA_VISIBLE_DEVICES=0\n"
+        "ghanet-wf train: error: results/splits/fold_3.csv: the train split is empty\n"
+    )
+    (logs / "abmil_fold_0.log").write_text("Traceback (most recent call last):\nMemoryError\n")
+    argv = ["--results-dir", str(results), "--models", "ghanet", "abmil", "--folds", *map(str, range(5))]
+    assert report.main([*argv, "--failure-logs", str(logs)]) == 0
+
+    md = (results / "report" / "cindex.md").read_text()
+    assert md.splitlines()[2].startswith("**Incomplete: 6 of 10 (model, fold) runs did not finish")
+    assert "ghanet fold(s) 3; abmil fold(s) 0, 1, 2, 3, 4" in md
+    assert "fold 3 (training failed: ghanet-wf train: error: results/splits/fold_3.csv: the train split is empty" in md
+    assert f"(log: {logs / 'ghanet_fold_3.log'})" in md
+    assert "fold 0 (training failed: MemoryError" in md
+    assert f"fold 1 (metrics.json not found" not in md  # no files at all for abmil fold 1: no path to name
+    table = pd.read_csv(results / "report" / "cindex.csv")
+    abmil = table[(table["model"] == "abmil") & (table["kind"] == "fold")]
+    assert len(abmil) == 5 and (abmil["status"] == "missing").all()
+    assert "<strong>Incomplete:" in (results / "report" / "cindex.html").read_text()
+    assert (results / "report" / "km.png").stat().st_size > 0  # the finished model is still drawn
+
+
 def test_failed_slides_table_lists_the_broken_slide_and_cohort_qc(cohort_run, tmp_path):
     _, _, slides_csv, qc_files = cohort_run
     slides = report.write_failed_slides(
@@ -301,6 +327,8 @@ def test_paper_table_bolds_the_best_model_per_cohort(tmp_path):
     assert set(pd.read_csv(tmp_path / "p.csv")["cohort"]) == {"blca", "ucec", "Overall"}
     assert report.main(["paper", "--cindex", *map(str, cindex_csvs), "--out-dir", str(tmp_path / "cli")]) == 0
     assert (tmp_path / "cli" / "paper_table.md").read_text() == md
+    page = (tmp_path / "cli" / "paper_table.html").read_text()
+    assert page.count("<strong>") == 3 and "<table>" in page and "**" not in page
 
 
 def test_reconstruction_table_averages_folds_and_names_top_genes(tmp_path):

@@ -57,7 +57,7 @@ BAD_SLIDE_CASE_OF = "CMU-1-Small-Region.svs"  # the extra slide joins this slide
 NOT_COPIED = {"results", "logs", ".snakemake", ".git", ".venv", ".pytest_cache", "test-artifacts", "__pycache__"}
 #: workflow commands (`python -m ghanet_workflow.cli <subcommand>`) of the demo run, with the
 #: demo's 40 synthetic slides, 43 slide files + unreadable.svs, 3 feature chunks and 5 folds
-EXPECTED_COMMANDS = {"demo-slide": 40, "tile": 44, "extract": 3, "cohort": 1, "splits": 1, "train": 5, "report": 1}
+EXPECTED_COMMANDS = {"demo-slide": 40, "tile": 44, "extract": 3, "cohort": 1, "splits": 1, "train": 5, "report": 2}
 GPU_COMMANDS = {"extract", "train"}
 #: the sbatch comment of each SLURM job the run submits: tiling in 2 group jobs (44 slides, up to
 #: 30 per group job), extraction in 3 chunks of 16 slides, one job per fold
@@ -69,6 +69,7 @@ EXPECTED_JOBS = Counter(
         "rule_make_splits": 1,
         **{f"rule_train_fold_wildcards_{MODEL}_{fold}": 1 for fold in FOLDS},
         "rule_report": 1,
+        "rule_paper_table": 1,
     }
 )
 GPU_JOB_PREFIXES = ("rule_extract_features", "rule_train_fold")
@@ -199,6 +200,11 @@ def test_gpu_rules_get_one_gpu_and_see_cuda_visible_devices(demo_run: DemoRun):
             assert command.cuda_visible_devices.isdigit(), command
         else:
             assert command.cuda_visible_devices == "unset", command
+    # ...and each fold recorded it, with its SLURM job, in its own outputs.
+    for fold in FOLDS:
+        runtime = json.loads(demo_run.results("models", MODEL, f"fold_{fold}", "metrics.json").read_text())["runtime"]
+        assert runtime["cuda_visible_devices"].isdigit(), runtime
+        assert runtime["slurm_job_id"] == job_of_fold(demo_run.jobs, fold).job_id, runtime
 
 
 def test_report_has_all_five_folds_and_lists_the_broken_slide(demo_run: DemoRun):
@@ -311,6 +317,8 @@ def test_cancelled_fold_resumes_from_its_checkpoint_and_ends_as_the_uninterrupte
         fold_dir(demo_run.workdir, RETRAINED_FOLD) / "predictions.csv",
     )
     assert not (killed_fold / "metrics.json").exists()
+    partial = (workdir / "results" / COHORT / "report" / "cindex.md").read_text()  # written by onerror
+    assert f"({MODEL} fold(s) {KILLED_FOLD})" in partial and "training did not finish" in partial, partial
     epochs_done = torch.load(killed_fold / "checkpoint.pt", map_location="cpu", weights_only=True)["epoch"]
     assert 2 <= epochs_done < EPOCHS
 
@@ -318,7 +326,7 @@ def test_cancelled_fold_resumes_from_its_checkpoint_and_ends_as_the_uninterrupte
     rerun = run_snakemake(workdir, args, timeout_s=900, log_name="rerun.out")
 
     assert rerun.returncode == 0, rerun.output[-5000:]
-    assert {job.comment for job in sacct_jobs(rerun.run_id)} == {comment, "rule_report"}
+    assert {job.comment for job in sacct_jobs(rerun.run_id)} == {comment, "rule_report", "rule_paper_table"}
     train_log = (workdir / "logs" / COHORT / "train_fold" / f"{MODEL}_fold_{KILLED_FOLD}.log").read_text()
     assert f"resuming {MODEL} from epoch {epochs_done}" in train_log, train_log
     trained = [int(epoch) for epoch in re.findall(r"epoch (\d+): total", train_log)]

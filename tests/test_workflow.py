@@ -73,13 +73,64 @@ def test_demo_end_to_end(demo_run):
     assert fold_rows["cindex_harrell"].mean() >= 0.65
 
 
-def job_counts(stdout: str) -> dict[str, int]:
-    """Rule -> number of jobs, from the 'Job stats' table of a dry run."""
-    counts = {}
-    for line in stdout.splitlines():
+def linked_copy(src: Path, dest: Path) -> Path:
+    """A copy of a finished run: results/ hard-linked (Snakemake and the stages replace files, never
+    rewrite them in place), everything else (logs, .snakemake metadata) copied."""
+    import shutil
+
+    shutil.copytree(src, dest, symlinks=True, ignore=shutil.ignore_patterns("results"))
+    shutil.copytree(src / "results", dest / "results", symlinks=True, copy_function=os.link)
+    return dest
+
+
+@pytest.mark.slow
+def test_a_failed_fold_leaves_a_partial_report_and_a_rerun_retries_only_that_fold(demo_run, tmp_path):
+    """A fold whose job fails: the other work is kept, a partial report names the fold and the error,
+    and rerunning the same command after the fix retrains that fold alone and completes the report."""
+    from e2e_fixtures import DEMO_COMMAND
+
+    work = linked_copy(demo_run, tmp_path / "wf")
+    results = work / "results" / "demo_blca"
+    fold_csv = results / "splits" / "fold_2.csv"
+    good = fold_csv.read_text()
+    fold_csv.unlink()  # a new file, so the shared run's hard link is untouched
+    fold_csv.write_text(good.replace(",train", ",test").replace(",val", ",test"))
+    kept = {p: p.stat().st_mtime_ns for p in results.glob("models/ghanet/fold_[0134]/metrics.json")}
+
+    failed = run(DEMO_COMMAND, work, timeout=900)
+    assert failed.returncode != 0
+    assert "Partial report of the finished folds" in failed.stderr + failed.stdout
+    cindex = (results / "report" / "cindex.md").read_text()
+    assert "**Incomplete: 1 of 5 (model, fold) runs did not finish (ghanet fold(s) 2).**" in cindex
+    assert f"fold 2 (training failed: ghanet-wf train: error: {Path('results/demo_blca/splits/fold_2.csv')}" in cindex
+    assert "the train split is empty" in cindex
+    table = pd.read_csv(results / "report" / "cindex.csv")
+    folds = table[table["kind"] == "fold"].set_index("fold")
+    assert folds.loc["2", "status"] == "missing" and (folds.drop(index="2")["status"] == "ok").all()
+    assert "†" in (results / "report" / "paper_table.md").read_text()
+    assert kept == {p: p.stat().st_mtime_ns for p in kept}  # finished folds were not retrained
+
+    fold_csv.unlink()
+    fold_csv.write_text(good)
+    rerun = run(DEMO_COMMAND, work, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert job_counts(rerun.stdout + rerun.stderr) == {"train_fold": 1, "report": 1, "paper_table": 1, "all": 1, "total": 4}
+    assert kept == {p: p.stat().st_mtime_ns for p in kept}
+    assert "Incomplete" not in (results / "report" / "cindex.md").read_text()
+    folds = pd.read_csv(results / "report" / "cindex.csv").query("kind == 'fold'")
+    assert (folds["status"] == "ok").all() and len(folds) == 5
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Rule -> number of jobs, from the first 'Job stats' table of a run's or a dry run's output."""
+    counts: dict[str, int] = {}
+    lines = output.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.split() == ["job", "count"]), None)
+    for line in lines[start + 2 :] if start is not None else []:
         parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
     return counts
 
 

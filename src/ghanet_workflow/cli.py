@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from .errors import InputError
+
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo-slide": ("ghanet_workflow.demo", "generate one synthetic demo slide (pyramidal TIFF)"),
@@ -36,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ghanet-wf: unknown command {name!r}; run 'ghanet-wf --help'", file=sys.stderr)
         return 2
     module = importlib.import_module(SUBCOMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(rest) or 0)
+    except InputError as exc:  # bad input: one line naming the file/row/key, no traceback
+        print(f"ghanet-wf {name}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

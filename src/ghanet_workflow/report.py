@@ -52,6 +52,8 @@ FIGURE_FORMATS = {"png", "svg", "pdf"}
 
 #: Placeholder for an undefined value in human-readable tables.
 DASH = "—"
+#: longest failure reason (characters) quoted from a training log
+MAX_REASON_CHARS = 300
 
 #: metrics.json key -> column title (td-AUC keys ``auc_<months>m`` are found per file).
 METRIC_TITLES = {"cindex_harrell": "Harrell C", "cindex_uno": "Uno C", "ibs": "IBS"}
@@ -132,6 +134,28 @@ def index_fold_files(
             raise InputError(f"two files for model {key[0]!r} fold {key[1]}: {index[key]} and {path}")
         index[key] = Path(path)
     return index
+
+
+def failure_reason(log_dir: Path | None, model: str, fold: int) -> str:
+    """Why a fold's training job failed, from its log ``<log_dir>/<model>_fold_<k>.log``.
+
+    The last line naming an error (the stage's own ``error:`` message or a traceback's last line),
+    else the last non-empty line (a job killed from outside says nothing); "" without a log.
+    """
+    if log_dir is None:
+        return ""
+    path = Path(log_dir) / f"{model}_fold_{fold}.log"
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    except OSError:
+        return ""
+    lines = [line for line in lines if line]
+    errors = [line for line in lines if re.search(r"error|exception|killed|cancelled", line, re.IGNORECASE)]
+    if errors:
+        return f"training failed: {errors[-1][:MAX_REASON_CHARS]} (log: {path})"
+    if lines:  # killed from outside (time limit, scancel, OOM killer) before it could say why
+        return f"training did not finish; last log line: {lines[-1][:MAX_REASON_CHARS]} (log: {path})"
+    return ""
 
 
 def read_fold_metrics(path: Path | None) -> tuple[dict, str]:
@@ -246,7 +270,7 @@ def _html_block(block: str) -> str:
     out, items = [], []
     for line in block.splitlines():
         if line.startswith("- "):
-            items.append(f"<li>{html.escape(line[2:])}</li>")
+            items.append(f"<li>{_inline(line[2:])}</li>")
             continue
         if items:
             out.append(f"<ul>{''.join(items)}</ul>")
@@ -256,10 +280,15 @@ def _html_block(block: str) -> str:
             level = len(heading.group(1))
             out.append(f"<h{level}>{html.escape(heading.group(2))}</h{level}>")
         elif line.strip():
-            out.append(f"<p>{html.escape(line)}</p>")
+            out.append(f"<p>{_inline(line)}</p>")
     if items:
         out.append(f"<ul>{''.join(items)}</ul>")
     return "\n".join(out)
+
+
+def _inline(text: str) -> str:
+    """HTML-escaped text with markdown ``**bold**`` as <strong>."""
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text))
 
 
 # ------------------------------------------------------------------------------------ C-index table
@@ -272,12 +301,20 @@ def auc_keys(metric_dicts: Iterable[dict]) -> list[str]:
 
 
 def fold_metrics_frame(
-    model: str, folds: Sequence[int], metrics_files: Mapping[tuple[str, int], Path]
+    model: str,
+    folds: Sequence[int],
+    metrics_files: Mapping[tuple[str, int], Path],
+    failure_logs: Path | None = None,
 ) -> pd.DataFrame:
-    """One row per expected fold of ``model``: status ok/missing, reason, and every metric (NaN if undefined)."""
+    """One row per expected fold of ``model``: status ok/missing, reason, and every metric (NaN if undefined).
+
+    The reason of a missing fold comes from its training log in ``failure_logs`` when there is one.
+    """
     rows = []
     for fold in folds:
         metrics, reason = read_fold_metrics(metrics_files.get((model, fold)))
+        if reason and not metrics:
+            reason = failure_reason(failure_logs, model, fold) or reason
         values = {k: _as_float(v) for k, v in metrics.items() if not reason and _is_number(v)}
         rows.append(
             {
@@ -434,6 +471,23 @@ def cindex_markdown(model: str, cohort: str, table: pd.DataFrame, test: pd.DataF
     return f"## {model} — {cohort}\n\n{body}\n\n" + "\n\n".join(notes) + "\n"
 
 
+def incomplete_banner(table: pd.DataFrame) -> str:
+    """A warning paragraph naming the missing folds of every model ("" when every fold completed)."""
+    folds = table[table["kind"] == "fold"]
+    missing = folds[folds["status"] != "ok"]
+    if missing.empty:
+        return ""
+    listed = "; ".join(
+        f"{model} fold(s) {', '.join(str(int(f)) for f in group['fold'])}"
+        for model, group in missing.groupby("model", sort=False)
+    )
+    return (
+        f"**Incomplete: {len(missing)} of {len(folds)} (model, fold) runs did not finish ({listed}).** "
+        "Means and pooled values below use the completed folds only; the reasons are under each table. "
+        "Rerun the workflow to retry the failed folds (finished folds are kept).\n\n"
+    )
+
+
 def _title(key: str) -> str:
     """Column title of a metric key (``auc_36m`` -> ``AUC 36 mo``)."""
     return METRIC_TITLES.get(key) or f"AUC {AUC_KEY.fullmatch(key).group(1)} mo"
@@ -453,10 +507,15 @@ def _fold_cells(row: pd.Series, metric_keys: list[str], decimals: int) -> list[s
 
 
 def model_cindex_table(
-    model: str, folds: Sequence[int], metrics_files, test: pd.DataFrame, ddof: int
+    model: str,
+    folds: Sequence[int],
+    metrics_files,
+    test: pd.DataFrame,
+    ddof: int,
+    failure_logs: Path | None = None,
 ) -> pd.DataFrame:
     """Machine-readable C-index table of one model: fold rows, then mean, std and pooled rows (``kind``)."""
-    fold_rows = fold_metrics_frame(model, folds, metrics_files)
+    fold_rows = fold_metrics_frame(model, folds, metrics_files, failure_logs)
     summary = summary_rows(fold_rows, ddof).assign(kind=["mean", "std"])
     fold_rows = fold_rows.assign(kind="fold")
     pooled = pd.DataFrame([pooled_cindex(test)]).assign(kind="pooled")
@@ -477,13 +536,17 @@ def write_cindex_report(
     default_model: str = "ghanet",
     options: Mapping | None = None,
     out_html: str | Path | None = None,
+    models: Sequence[str] | None = None,
+    failure_logs: str | Path | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-cohort C-index report of every model found in the file lists.
+    """Per-cohort C-index report of every model found in the file lists (and of ``models``).
 
     Writes ``out_md`` (a section per model: one row per fold with Harrell C, Uno C, IBS, td-AUC,
     bootstrap 95% CI, patients, events; ``mean ± std``; pooled out-of-fold C), ``out_csv`` (the
     same numbers, with ``kind`` in fold/mean/std/pooled), ``out_predictions`` (every fold's
-    test rows with their risk group) and ``out_html`` (the markdown page as HTML). Returns
+    test rows with their risk group) and ``out_html`` (the markdown page as HTML). A model in
+    ``models`` without any file is listed with every fold missing; the reason of a missing fold
+    comes from ``failure_logs/<model>_fold_<k>.log`` when that log exists. Returns
     (table, out-of-fold predictions).
     """
     options = resolve_options(options)
@@ -491,23 +554,23 @@ def write_cindex_report(
     prediction_files = index_fold_files(predictions, default_model)
     fold_ids = expected_folds([*metrics_files, *prediction_files], folds)
     tables, tests, sections, html_sections = [], [], [], []
-    for model in models_in(metrics_files, prediction_files):
+    log_dir = Path(failure_logs) if failure_logs is not None else None
+    for model in dict.fromkeys([*(models or []), *models_in(metrics_files, prediction_files)]):
         test = out_of_fold_predictions(model, fold_ids, prediction_files, int(options["km_groups"]))
-        table = model_cindex_table(model, fold_ids, metrics_files, test, int(options["std_ddof"]))
+        table = model_cindex_table(model, fold_ids, metrics_files, test, int(options["std_ddof"]), log_dir)
         sections.append(cindex_markdown(model, cohort, table, test, options))
         html_sections.append(cindex_markdown(model, cohort, table, test, as_html_tables(options)))
         tables.append(table)
         tests.append(test)
-    if not tables:
+    if not tables or not fold_ids:
         raise InputError("report: no metrics.json or predictions.csv given; pass --metrics/--predictions")
     table = pd.concat(tables, ignore_index=True)
     table.insert(0, "cohort", cohort)
     test = pd.concat(tests, ignore_index=True)
-    write_text(out_md, f"# C-index — {cohort}\n\n" + "\n".join(sections))
+    head = f"# C-index — {cohort}\n\n{incomplete_banner(table)}"
+    write_text(out_md, head + "\n".join(sections))
     if out_html is not None:
-        write_text(
-            out_html, html_page(f"C-index — {cohort}", f"# C-index — {cohort}\n\n" + "\n".join(html_sections))
-        )
+        write_text(out_html, html_page(f"C-index — {cohort}", head + "\n".join(html_sections)))
     write_csv(out_csv, table)
     if out_predictions is not None:
         write_csv(out_predictions, test)
@@ -556,7 +619,7 @@ def _bold_mask(wide_means: pd.DataFrame, decimals: int) -> pd.DataFrame:
 
 
 def paper_rows(cells: pd.DataFrame, decimals: int, style: str) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows of the paper table; ``style`` 'markdown' or 'latex' sets bold and ±."""
+    """Headers and rows of the paper table; ``style`` 'markdown', 'latex' or 'html' sets bold and ±."""
     means = cells.pivot(index="model", columns="cohort", values="mean")
     stds = cells.pivot(index="model", columns="cohort", values="std")
     partial = cells.pivot(index="model", columns="cohort", values="n_folds_ok") < cells.pivot(
@@ -565,7 +628,11 @@ def paper_rows(cells: pd.DataFrame, decimals: int, style: str) -> tuple[list[str
     models = list(dict.fromkeys(cells["model"]))
     cohorts = list(dict.fromkeys(cells["cohort"]))
     bold = _bold_mask(means.loc[models, cohorts], decimals)
-    pm, wrap, esc = ("$\\pm$", "\\textbf{{{}}}", _latex_escape) if style == "latex" else ("±", "**{}**", str)
+    pm, wrap, esc = {
+        "latex": ("$\\pm$", "\\textbf{{{}}}", _latex_escape),
+        "html": ("±", "<strong>{}</strong>", html.escape),
+        "markdown": ("±", "**{}**", str),
+    }[style]
     rows = []
     for model in models:
         row = [esc(model)]
@@ -591,11 +658,13 @@ def write_paper_table(
     out_tex: str | Path,
     out_csv: str | Path,
     options: Mapping | None = None,
+    out_html: str | Path | None = None,
 ) -> pd.DataFrame:
     """Models x cohorts table of mean ± std over folds (+ overall mean), best per column bold.
 
-    Reads the ``cindex.csv`` of each cohort; writes markdown, LaTeX (tabulate ``latex_raw``) and a
-    long CSV (model, cohort, mean, std, n_folds_ok, n_folds). Returns the long table.
+    Reads the ``cindex.csv`` of each cohort; writes markdown, LaTeX (tabulate ``latex_raw``), a
+    long CSV (model, cohort, mean, std, n_folds_ok, n_folds) and, with ``out_html``, the markdown
+    as an HTML page. Returns the long table.
     """
     options = resolve_options(options)
     metric, decimals, ddof = options["paper_metric"], int(options["decimals"]), int(options["std_ddof"])
@@ -617,6 +686,10 @@ def write_paper_table(
         tabulate(rows, headers=headers, tablefmt=options["tablefmt"], disable_numparse=True)
         + f"\n\n{note}\n",
     )
+    if out_html is not None:
+        headers, rows = paper_rows(cells, decimals, "html")
+        table = tabulate(rows, headers=headers, tablefmt="unsafehtml", disable_numparse=True)
+        write_text(out_html, html_page("Models x cohorts", f"# Models x cohorts\n\n{table}\n\n{note}\n"))
     headers, rows = paper_rows(cells, decimals, "latex")
     latex = tabulate(rows, headers=headers, tablefmt="latex_raw", disable_numparse=True)
     write_text(out_tex, f"{latex}\n% {note}\n")
@@ -1008,7 +1081,11 @@ def write_figures(
     formats = options["formats"]
     folds = table[table["kind"] == "fold"]
     labels = risk_group_labels(int(options["km_groups"]))
-    panels = {f"{model} (pooled out-of-fold)": frame for model, frame in test.groupby("model", sort=False)}
+    panels = {
+        f"{model} (pooled out-of-fold)": frame
+        for model, frame in test.groupby("model", sort=False)
+        if len(frame)
+    }
     written = plots.plot_km(panels, labels, out_dir / "km.png", formats)
     strip = {
         m: f.loc[f["status"] == "ok"].set_index("fold")["cindex_harrell"].astype(float)
@@ -1108,6 +1185,11 @@ def cohort_parser() -> argparse.ArgumentParser:
         "--models", nargs="+", default=["ghanet"], help="models to look for with --results-dir"
     )
     parser.add_argument("--model", default="ghanet", help="model of per-fold files not under models/<model>/")
+    parser.add_argument(
+        "--failure-logs",
+        type=Path,
+        help="folder of training logs <model>_fold_<k>.log; a missing fold's reason is read from its log",
+    )
     parser.add_argument("--cohort", help="cohort name (default: name of the folder above --out-dir)")
     parser.add_argument("--folds", nargs="+", type=int, help="expected folds (default: every fold seen)")
     parser.add_argument("--encoder", help="feature encoder named in the QC summary")
@@ -1162,6 +1244,8 @@ def run_cohort_report(args: argparse.Namespace) -> list[Path]:
         default_model=args.model,
         options=options,
         out_html=out_dir / "cindex.html",
+        models=args.models if args.results_dir else None,
+        failure_logs=args.failure_logs,
     )
     written = [out_dir / n for n in ("cindex.md", "cindex.html", "cindex.csv", "predictions.csv")]
     written += write_figures(table, test, out_dir, options, given["training_logs"], args.model)
@@ -1210,8 +1294,9 @@ def main(argv: list[str]) -> int:
                 out / "paper_table.tex",
                 out / "paper_table.csv",
                 parse_options(args.options, DEFAULTS, "report"),
+                out_html=out / "paper_table.html",
             )
-            written = [out / f"paper_table.{ext}" for ext in ("md", "tex", "csv")]
+            written = [out / f"paper_table.{ext}" for ext in ("md", "tex", "csv", "html")]
         else:
             written = run_cohort_report(cohort_parser().parse_args(argv))
     except InputError as exc:

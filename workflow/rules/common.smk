@@ -1,10 +1,13 @@
 # Shared tables, paths and input functions. Rules stay thin: each calls one `ghanet-wf` subcommand.
 
 import json
+import os
 import shlex
+import subprocess
 from pathlib import Path
 
 import pandas as pd
+from snakemake.logging import logger
 
 # ---------------------------------------------------------------- paths
 
@@ -264,7 +267,59 @@ def report_outputs():
         f"{RESULTS}/report/cindex.csv",
         f"{RESULTS}/report/failed_slides.md",
         f"{RESULTS}/report/km.png",
+        f"{RESULTS}/report/paper_table.md",
     ]
+
+
+def write_partial_report():
+    """After a failed run (onerror): the report of whatever finished, naming each failed fold.
+
+    Snakemake does not run the report rule when a fold failed, yet the finished folds are worth
+    reading. This writes the same tables from the fold files that exist, with an "Incomplete"
+    banner and each missing fold's reason from its training log; the next successful run replaces
+    it through the normal report rule. Never raises: the run has already failed.
+    """
+    if not Path(rules.build_cohort.output.patients).is_file():
+        return
+    out_dir = Path(rules.report.output.cindex_md).parent
+    log_file = Path(f"{LOGS}/report_partial.log")
+    report_options = options("report")
+    commands = [
+        ["--results-dir", RESULTS, "--models", *MODELS, "--folds", *map(str, FOLDS)]
+        + ["--cohort", COHORT, "--encoder", ENCODER]
+        + ["--target-mpp", str(config["tiling"]["target_mpp"])]
+        + ["--failure-logs", f"{LOGS}/train_fold", "--out-dir", str(out_dir)],
+        [
+            "paper",
+            "--cindex",
+            str(out_dir / "cindex.csv"),
+            *config["paper_table"]["other_cohorts"],
+        ]
+        + ["--out-dir", str(out_dir)],
+    ]
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [str(REPO / "src"), os.environ.get("PYTHONPATH", "")]
+        ),
+    )
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "w") as log_stream:
+        for arguments in commands:
+            command = ["python", "-m", "ghanet_workflow.cli", "report", *arguments]
+            command += ["--options", report_options]
+            done = subprocess.run(
+                command, stdout=log_stream, stderr=subprocess.STDOUT, env=env
+            )
+            if done.returncode != 0:
+                logger.warning(
+                    f"No partial report: the report command failed; see {log_file}"
+                )
+                return
+    logger.warning(
+        f"Partial report of the finished folds written to {out_dir}/: cindex.md names each failed "
+        "fold and its reason. Fix the cause and rerun the same command; only what failed reruns."
+    )
 
 
 # ---------------------------------------------------------------- resources (grow on retry)

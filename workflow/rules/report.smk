@@ -102,3 +102,31 @@ rule report:
         " --qc {input.qc:q} --qc-png {input.qc_png:q} --folds {params.folds}"
         " --cohort {params.cohort:q} --encoder {params.encoder:q} --target-mpp {params.target_mpp}"
         " --out-dir {params.out_dir:q} --options {params.options:q} > {log:q} 2>&1"
+
+
+# The models x cohorts table: this run's cohort plus the cindex.csv of other cohorts' runs listed
+# under `paper_table.other_cohorts` (run each cohort with its own --configfile first).
+rule paper_table:
+    input:
+        cindex=[rules.report.output.cindex_csv, *config["paper_table"]["other_cohorts"]],
+    output:
+        md=f"{RESULTS}/report/paper_table.md",
+        tex=f"{RESULTS}/report/paper_table.tex",
+        csv=f"{RESULTS}/report/paper_table.csv",
+        html=report(
+            f"{RESULTS}/report/paper_table.html",
+            caption="../report/paper_table.rst",
+            category="Survival",
+            subcategory="All cohorts",
+            labels={"result": "models x cohorts (paper table)"},
+        ),
+    log:
+        f"{LOGS}/paper_table.log",
+    conda:
+        "../../envs/report.yaml"
+    params:
+        out_dir=parent_dir("md"),
+        options=options("report"),
+    shell:
+        "python -m ghanet_workflow.cli report paper --cindex {input.cindex:q} --out-dir {params.out_dir:q}"
+        " --options {params.options:q} > {log:q} 2>&1"
