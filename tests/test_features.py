@@ -216,6 +216,44 @@ def test_float16_output_and_clam_pt_alongside(tmp_path):
     assert np.allclose(feats, pt.numpy(), atol=1e-2, rtol=1e-2)
 
 
+def test_row_runs_join_side_by_side_patches_only():
+    coords = np.array([[0, 0], [256, 0], [512, 0], [1024, 0], [0, 256], [256, 256], [512, 256], [768, 256]])
+    assert features.row_runs(coords, 0, 8, 256, 8) == [(0, 3), (3, 4), (4, 8)]  # gap at x=768, new row
+    assert features.row_runs(coords, 0, 8, 256, 3) == [(0, 3), (3, 4), (4, 7), (7, 8)]
+    assert features.row_runs(coords, 1, 6, 256, 8) == [(1, 3), (3, 4), (4, 6)]  # a batch's own rows
+    assert features.row_runs(coords, 0, 8, 200, 8) == [(i, i + 1) for i in range(8)]  # overlapping grid
+    assert features.row_runs(coords, 5, 5, 256, 8) == []
+
+
+@pytest.mark.parametrize("slide, level", [(CMU, 0), (ROOT / "data" / "slides" / "TCGA-CR-7395-01A-01-TS1.svs", 0)])
+def test_a_strip_read_gives_exactly_the_single_patch_reads(slide, level):
+    reader = features.SlideReader(slide)
+    strip = reader.read_strip(600, 700, level, 256, 5)
+    singles = [reader.read(600 + i * 256, 700, level, 256) for i in range(5)]
+    assert all(np.array_equal(a, b) for a, b in zip(strip, singles))
+
+
+def test_strips_are_used_only_where_the_patch_is_a_whole_number_of_level_pixels(tmp_path):
+    tcga = ROOT / "data" / "slides" / "TCGA-CR-7395-01A-01-TS1.svs"  # level 1 downsample 2.0005
+    coords = make_coords(tmp_path / "l1.h5", grid(2, 1))
+    with h5py.File(coords, "a") as handle:
+        handle.attrs["patch_level"] = 1
+        handle.attrs["patch_size_level0"] = 512
+    plan = features.plan_slide(tcga, coords, tmp_path / "out.h5")
+    assert plan.read_size == 256 and not plan.strips_exact
+    assert features.plan_slide(CMU, make_coords(tmp_path / "l0.h5", grid(2, 1)), tmp_path / "o.h5").strips_exact
+
+
+def test_several_patches_per_read_give_the_same_features_as_one_per_read(tmp_path):
+    coords = make_coords(tmp_path / "CMU.h5", np.concatenate([grid(5, 2), grid(2, 1, x0=1900, y0=2600)]))
+    outputs = {}
+    for per_read in (1, 8):
+        out = tmp_path / f"per_read_{per_read}.h5"
+        features.extract_features([(CMU, coords, out)], {**FAST, "batch_size": 6, "patches_per_read": per_read})
+        outputs[per_read] = read_output(out)
+    assert np.array_equal(outputs[1][0], outputs[8][0]) and np.array_equal(outputs[1][1], outputs[8][1])
+
+
 # --------------------------------------------------------------------------- bad input, resume
 def corrupt_first_tile(slide: Path) -> Path:
     """Overwrite the JPEG header of tile (0, 0) of a copy of CMU-1-Small-Region (240 px tiles)."""
@@ -227,7 +265,8 @@ def corrupt_first_tile(slide: Path) -> Path:
     return slide
 
 
-def test_a_corrupt_region_is_retried_on_a_fresh_handle_dropped_and_counted(tmp_path):
+@pytest.mark.parametrize("patches_per_read", [1, 8])
+def test_a_corrupt_region_is_retried_on_a_fresh_handle_dropped_and_counted(tmp_path, patches_per_read):
     slide = corrupt_first_tile(Path(shutil.copy(CMU, tmp_path / "corrupt.svs")))
     reader = features.SlideReader(slide)
     with pytest.raises(openslide.OpenSlideError):
@@ -236,7 +275,7 @@ def test_a_corrupt_region_is_retried_on_a_fresh_handle_dropped_and_counted(tmp_p
 
     coords = grid(3, 2, x0=0, y0=0)  # only the patch at (0, 0) touches the corrupt tile
     out = tmp_path / "c.h5"
-    options = {**FAST, "batch_size": 4, "max_bad_fraction": 0.2}
+    options = {**FAST, "batch_size": 4, "max_bad_fraction": 0.2, "patches_per_read": patches_per_read}
     [result] = features.extract_features([(slide, make_coords(tmp_path / "corrupt.h5", coords), out)], options)
     feats, written, attrs = read_output(out)
     assert result["status"] == "ok" and result["n_bad_patches"] == 1 and attrs["n_bad_patches"] == 1

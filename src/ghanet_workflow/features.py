@@ -43,6 +43,7 @@ DEFAULTS: dict[str, object] = {
     "weights": None,
     "weights_sha256": None,
     "batch_size": 64,
+    "patches_per_read": 8,
     "num_workers": 2,
     "prefetch_factor": 4,
     "device": "auto",
@@ -78,6 +79,8 @@ def resolve_options(options: Mapping[str, object] | None) -> dict[str, object]:
             raise InputError(f"config features.{key}: {merged[key]!r} is not one of {list(allowed)}")
     if int(merged["batch_size"]) < 1:
         raise InputError(f"config features.batch_size: must be >= 1, got {merged['batch_size']!r}")
+    if int(merged["patches_per_read"]) < 1:
+        raise InputError(f"config features.patches_per_read: must be >= 1, got {merged['patches_per_read']!r}")
     if int(merged["num_workers"]) < 0:
         raise InputError(f"config features.num_workers: must be >= 0, got {merged['num_workers']!r}")
     if not 0.0 <= float(merged["max_bad_fraction"]) <= 1.0:
@@ -114,6 +117,9 @@ class SlidePlan:
     level: int
     patch_size_level0: int
     read_size: int = 0  #: patch side in pixels at ``level``
+    #: neighbouring patches of a row can be read as one strip: the patch side is a whole number of
+    #: pixels at ``level``, so a strip cut in read_size pieces gives exactly the single-patch reads
+    strips_exact: bool = False
     status: str = "ok"
     reason: str = ""
     tiling_attrs: dict = field(default_factory=dict)
@@ -180,6 +186,7 @@ def _set_read_size(plan: SlidePlan) -> None:
         _fail(plan, f"cannot open slide: {type(exc).__name__}: {exc}")
         return
     plan.read_size = max(1, round(plan.patch_size_level0 / downsample))
+    plan.strips_exact = plan.read_size * downsample == plan.patch_size_level0
 
 
 def _fail(plan: SlidePlan, reason: str) -> None:
@@ -211,6 +218,13 @@ class SlideReader:
             self._slide = openslide.OpenSlide(str(self.path))
         region = self._slide.read_region((int(x), int(y)), level, (size, size))
         return np.asarray(region)[:, :, :3]
+
+    def read_strip(self, x: int, y: int, level: int, size: int, count: int) -> list[np.ndarray]:
+        """``count`` side-by-side patches starting at level-0 (x, y), read as one region."""
+        if self._slide is None:
+            self._slide = openslide.OpenSlide(str(self.path))
+        region = np.asarray(self._slide.read_region((int(x), int(y)), level, (size * count, size)))
+        return [region[:, i * size : (i + 1) * size, :3] for i in range(count)]
 
     def read_with_retry(self, x: int, y: int, level: int, size: int) -> np.ndarray:
         """Read once; on an error reopen the handle (OpenSlide handles stay broken) and retry once."""
@@ -246,8 +260,9 @@ class PatchBatches(Dataset):
     across processes (they are created after the DataLoader forks its workers).
     """
 
-    def __init__(self, plans: Sequence[SlidePlan]):
+    def __init__(self, plans: Sequence[SlidePlan], patches_per_read: int = 1):
         self.plans = list(plans)
+        self.patches_per_read = int(patches_per_read)
         self._reader: SlideReader | None = None
         self._reader_slide = -1
 
@@ -265,14 +280,24 @@ class PatchBatches(Dataset):
         reader = self._reader_for(key.slide_index)
         size = plan.read_size
         good_rows, bad_rows, patches, first_error = [], [], [], ""
-        for row in range(key.start, key.stop):
-            x, y = plan.coords[row]
-            try:
-                patches.append(reader.read_with_retry(x, y, plan.level, size))
-                good_rows.append(row)
-            except (openslide.OpenSlideError, OSError) as exc:
-                bad_rows.append(row)
-                first_error = first_error or f"{type(exc).__name__}: {exc} at (x={x}, y={y})"
+        max_run = self.patches_per_read if plan.strips_exact else 1
+        for first, stop in row_runs(plan.coords, key.start, key.stop, plan.patch_size_level0, max_run):
+            if stop - first > 1:
+                x, y = plan.coords[first]
+                try:
+                    patches += reader.read_strip(x, y, plan.level, size, stop - first)
+                    good_rows += range(first, stop)
+                    continue
+                except (openslide.OpenSlideError, OSError):
+                    reader.close()  # the strip failed: find the bad patch(es) one read at a time
+            for row in range(first, stop):
+                x, y = plan.coords[row]
+                try:
+                    patches.append(reader.read_with_retry(x, y, plan.level, size))
+                    good_rows.append(row)
+                except (openslide.OpenSlideError, OSError) as exc:
+                    bad_rows.append(row)
+                    first_error = first_error or f"{type(exc).__name__}: {exc} at (x={x}, y={y})"
         pixels = (
             torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2)
             if patches
@@ -285,6 +310,23 @@ class PatchBatches(Dataset):
             torch.tensor(bad_rows, dtype=torch.int64),
             first_error,
         )
+
+
+def row_runs(coords: np.ndarray, start: int, stop: int, step: int, max_run: int) -> list[tuple[int, int]]:
+    """Rows ``start:stop`` cut into runs ``(first, stop)`` of at most ``max_run`` patches that sit
+    side by side in one patch row: same y, x advancing by exactly ``step`` (level-0 pixels).
+
+    Coordinates come row-major from the tiling stage, so most runs fill ``max_run``; a gap in the
+    tissue, the end of a row or overlapping patches end a run.
+    """
+    if stop <= start:
+        return []
+    x, y = coords[start:stop, 0], coords[start:stop, 1]
+    breaks = np.flatnonzero((np.diff(y) != 0) | (np.diff(x) != step)) + 1
+    runs = []
+    for first, last in zip([0, *breaks], [*breaks, stop - start]):
+        runs += [(start + a, start + min(a + max_run, last)) for a in range(first, last, max_run)]
+    return runs
 
 
 def batch_keys(plans: Sequence[SlidePlan], batch_size: int) -> list[BatchKey]:
@@ -300,7 +342,7 @@ def make_loader(plans: Sequence[SlidePlan], options: Mapping, device: torch.devi
     """DataLoader over whole batches: workers read, the main process only moves tensors."""
     workers = int(options["num_workers"])
     return DataLoader(
-        PatchBatches(plans),
+        PatchBatches(plans, int(options["patches_per_read"])),
         batch_size=None,
         sampler=batch_keys(plans, int(options["batch_size"])),
         num_workers=workers,
