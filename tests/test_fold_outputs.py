@@ -17,6 +17,7 @@ from ghanet_workflow.fold import (
     attention_patients,
     pearson_columns,
     run_fold,
+    runtime_record,
 )
 
 IN_DIM = 16
@@ -92,6 +93,18 @@ def ghanet_fold(cohort, tmp_path_factory):
     out = tmp_path_factory.mktemp("ghanet") / "fold_0"
     run_fold(cohort / "cohort", cohort / "fold_0.csv", "ghanet", out, OPTIONS)
     return out
+
+
+def test_metrics_json_records_where_the_fold_ran(ghanet_fold, monkeypatch):
+    import json
+
+    runtime = json.loads((ghanet_fold / "metrics.json").read_text())["runtime"]
+    assert runtime["device"] == "cpu" and runtime["torch_threads"] >= 1 and runtime["torch"] == torch.__version__
+    assert set(runtime) == {"device", "cuda_visible_devices", "slurm_job_id", "torch_threads", "torch"}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    record = runtime_record({"device": "cpu"})
+    assert record["cuda_visible_devices"] == "3" and record["slurm_job_id"] == "4242"
 
 
 def test_reconstruction_csv_has_one_r_per_selected_gene_on_the_test_patients(ghanet_fold):

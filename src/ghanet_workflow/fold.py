@@ -32,7 +32,7 @@ from .metrics import evaluate_predictions
 from .model import MODELS, build_model
 from .preprocess import fit_fold_preprocessing
 from .splits import read_fold
-from .train import Case, model_config, predict, resolve_options, train
+from .train import Case, model_config, predict, resolve_device, resolve_options, train
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +218,19 @@ def run_fold(
     )
     metrics = evaluate_predictions(predictions[is_test], reference, preprocessing.bin_edges, sections["evaluation"])
     metrics = {**metrics, "model": model_name, "fold": fold_id, "selected_epoch": result.selected_epoch}
-    write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / "metrics.json", {**metrics, "runtime": runtime_record(training)})
     return metrics
+
+
+def runtime_record(training: Mapping) -> dict:
+    """Where the fold ran (provenance in metrics.json): device, the GPU the scheduler exposed, threads."""
+    return {
+        "device": str(resolve_device(training["device"])),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
 
 
 # ----------------------------------------------------------------------------- test-fold interpretation
