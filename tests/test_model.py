@@ -108,6 +108,23 @@ def test_gradient_reaches_both_branches():
     assert no_grad == []
 
 
+def test_cab_computes_keys_and_values_once_with_the_same_result_as_two_plain_rounds():
+    cab = small_model().eval().cab
+    features = torch.randn(40, IN_DIM)
+    calls = []
+    cab.cross_attention.to_k.register_forward_hook(lambda *_: calls.append("k"))
+    tokens, logits, _ = cab(features)
+    assert calls == ["k"]  # one key projection of the N patches for both rounds
+    # The two rounds as the reference writes them, keys and values recomputed in each round.
+    attention = cab.cross_attention
+    patches = cab.patch_norm(cab.patch_projection(features))
+    plain, _ = attention(cab.token_norm_1(cab.tokens), patches)
+    plain = cab.feed_forward_1(cab.ff_norm_1(plain)) + plain
+    plain, plain_logits = attention(cab.token_norm_2(cab.tokens + plain), patches)
+    plain = cab.output_norm(cab.feed_forward_2(cab.ff_norm_2(plain)) + plain)
+    assert torch.equal(tokens, plain) and torch.equal(logits, plain_logits)
+
+
 def test_survival_loss_alone_trains_the_cab_through_the_fused_tokens():
     model = small_model().train()
     out = model(torch.randn(12, IN_DIM))

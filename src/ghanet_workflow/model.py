@@ -59,11 +59,21 @@ class MultiHeadAttention(nn.Module):
     def _split_heads(self, x: Tensor) -> Tensor:
         return x.view(x.shape[0], self.n_heads, self.head_dim).transpose(0, 1)
 
-    def forward(self, queries: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
-        """Return (output [Q, dim], head-averaged logits [Q, N])."""
+    def keys_values(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-head keys and values of ``context`` ([H, N, head_dim] each)."""
+        return self._split_heads(self.to_k(context)), self._split_heads(self.to_v(context))
+
+    def forward(
+        self, queries: Tensor, context: Tensor, keys_values: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Return (output [Q, dim], head-averaged logits [Q, N]).
+
+        ``keys_values`` (from :meth:`keys_values` of the same ``context``) skips recomputing them:
+        the CAB's two rounds attend to the same patches with the same module, so the N x dim
+        key/value projections, the bulk of the attention's cost, are computed once.
+        """
         q = self._split_heads(self.to_q(queries))
-        k = self._split_heads(self.to_k(context))
-        v = self._split_heads(self.to_v(context))
+        k, v = keys_values if keys_values is not None else self.keys_values(context)
         logits = q @ k.transpose(1, 2) / math.sqrt(self.head_dim)  # [H, Q, N]
         attn = self.attn_dropout(logits.softmax(dim=-1))
         out = (attn @ v).transpose(0, 1).reshape(queries.shape[0], -1)
@@ -152,9 +162,10 @@ class CrossModalAssociatingBranch(nn.Module):
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
         """Return (group representations [G, dim], round-2 logits [G, N], reconstructions)."""
         patches = self.patch_norm(self.patch_projection(features))
-        tokens, _ = self.cross_attention(self.token_norm_1(self.tokens), patches)
+        keys_values = self.cross_attention.keys_values(patches)  # the same in both rounds
+        tokens, _ = self.cross_attention(self.token_norm_1(self.tokens), patches, keys_values)
         tokens = self.feed_forward_1(self.ff_norm_1(tokens)) + tokens
-        tokens, logits = self.cross_attention(self.token_norm_2(self.tokens + tokens), patches)
+        tokens, logits = self.cross_attention(self.token_norm_2(self.tokens + tokens), patches, keys_values)
         tokens = self.output_norm(self.feed_forward_2(self.ff_norm_2(tokens)) + tokens)
         return tokens, logits, self._reconstruct(tokens)
 
