@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -752,6 +753,7 @@ def main(argv: list[str]) -> int:
         raise InputError("extract: give one --out (and one --coords for --slides) per input file, in the same order")
     started = time.perf_counter()
     if args.slides:
+        print(f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}", flush=True)
         results = extract_features(list(zip(args.slides, args.coords, args.out)), options)
     else:
         dim = get_spec(str(resolve_options(options)["encoder"])).feature_dim

@@ -164,6 +164,9 @@ SLIDES = load_slide_table()
 EXTERNAL = find_external_features(SLIDES)
 TILED = SLIDES[SLIDES["exists"] & ~SLIDES.index.isin(list(EXTERNAL))]
 ABSENT = SLIDES[~SLIDES["exists"] & ~SLIDES.index.isin(list(EXTERNAL))]
+# slide key -> row as a plain dict: the per-job input/params functions below run for every slide job
+# (10,000 slides: tens of thousands of calls in a dry run), where a dict lookup beats DataFrame.loc.
+SLIDE_ROWS = SLIDES.to_dict("index")
 
 if len(ABSENT):
     logger.warning(
@@ -184,15 +187,15 @@ wildcard_constraints:
 
 
 def slide_path(wildcards):
-    return SLIDES.loc[wildcards.slide, "path"]
+    return SLIDE_ROWS[wildcards.slide]["path"]
 
 
 def slide_id(wildcards):
-    return SLIDES.loc[wildcards.slide, "slide_id"]
+    return SLIDE_ROWS[wildcards.slide]["slide_id"]
 
 
 def mpp_option(wildcards):
-    mpp = SLIDES.loc[wildcards.slide, "mpp"]
+    mpp = SLIDE_ROWS[wildcards.slide]["mpp"]
     return "" if pd.isna(mpp) else f"--mpp {float(mpp)}"
 
 
@@ -236,7 +239,7 @@ def import_feature_files(wildcards):
 
 
 def chunk_slide_paths(wildcards):
-    return [SLIDES.loc[key, "path"] for key in FEATURE_CHUNKS[wildcards.chunk]]
+    return [SLIDE_ROWS[key]["path"] for key in FEATURE_CHUNKS[wildcards.chunk]]
 
 
 def chunk_coords(wildcards):
@@ -369,11 +372,18 @@ def load_predict_slides():
         table["mpp"] = ""
     table["mpp"] = pd.to_numeric(table["mpp"].replace("", float("nan")))
     table.index = table["slide_id"].map(predict_slide_key)
+    duplicated = sorted(set(table.loc[table.index.duplicated(), "slide_id"]))
+    if duplicated:
+        raise ValueError(
+            f"predict.slides {PREDICT['slides']}: slide(s) {duplicated[:5]} listed more than once "
+            "(or differing only in the extension); keep one row per slide"
+        )
     return table[columns]
 
 
 PREDICT_SLIDES = load_predict_slides()
 PREDICT_CHUNKS = _chunks(PREDICT_SLIDES.index, SLIDES_PER_JOB)
+PREDICT_SLIDE_ROWS = PREDICT_SLIDES.to_dict("index")
 
 
 def predict_slide_table(wildcards):
@@ -386,20 +396,20 @@ def predict_slide_table(wildcards):
 
 
 def predict_slide_path(wildcards):
-    return PREDICT_SLIDES.loc[wildcards.slide, "path"]
+    return PREDICT_SLIDE_ROWS[wildcards.slide]["path"]
 
 
 def predict_slide_id(wildcards):
-    return PREDICT_SLIDES.loc[wildcards.slide, "slide_id"]
+    return PREDICT_SLIDE_ROWS[wildcards.slide]["slide_id"]
 
 
 def predict_mpp_option(wildcards):
-    mpp = PREDICT_SLIDES.loc[wildcards.slide, "mpp"]
+    mpp = PREDICT_SLIDE_ROWS[wildcards.slide]["mpp"]
     return "" if pd.isna(mpp) else f"--mpp {float(mpp)}"
 
 
 def predict_chunk_slide_paths(wildcards):
-    return [PREDICT_SLIDES.loc[key, "path"] for key in PREDICT_CHUNKS[wildcards.chunk]]
+    return [PREDICT_SLIDE_ROWS[key]["path"] for key in PREDICT_CHUNKS[wildcards.chunk]]
 
 
 def predict_chunk_coords(wildcards):
