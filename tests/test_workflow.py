@@ -169,6 +169,20 @@ def test_predict_target_tiles_featurises_and_scores_only_the_new_slides(tmp_path
         assert rule not in result.stdout, result.stdout
 
 
+def test_paper_table_takes_other_cohorts_tables_and_names_a_missing_one(tmp_path):
+    other = tmp_path / "tcga_ucec" / "report" / "cindex.csv"
+    other.parent.mkdir(parents=True)
+    other.write_text("cohort,model,kind,fold,status,cindex_harrell\n")
+    setting = f"paper_table={{other_cohorts: [{other}]}}"
+    result = run([SNAKEMAKE, "-n", "--forceall", "paper_table", "--config", setting], REPO)
+    assert result.returncode == 0, result.stderr
+    assert str(other) in result.stdout
+    missing = tmp_path / "tcga_brca" / "report" / "cindex.csv"
+    result = run([SNAKEMAKE, "-n", "paper_table", "--config", f"paper_table={{other_cohorts: [{missing}]}}"], REPO)
+    assert result.returncode != 0
+    assert str(missing) in result.stdout + result.stderr
+
+
 def test_predict_without_a_slide_table_names_the_key():
     result = run([SNAKEMAKE, "-n", "predict"], REPO)
     assert result.returncode != 0
