@@ -317,7 +317,7 @@ def test_cancelled_fold_resumes_from_its_checkpoint_and_ends_as_the_uninterrupte
         fold_dir(demo_run.workdir, RETRAINED_FOLD) / "predictions.csv",
     )
     assert not (killed_fold / "metrics.json").exists()
-    partial = (workdir / "results" / COHORT / "report" / "cindex.md").read_text()  # written by onerror
+    partial = (workdir / "results" / COHORT / "report_partial" / "cindex.md").read_text()  # by onerror
     assert f"({MODEL} fold(s) {KILLED_FOLD})" in partial and "training did not finish" in partial, partial
     epochs_done = torch.load(killed_fold / "checkpoint.pt", map_location="cpu", weights_only=True)["epoch"]
     assert 2 <= epochs_done < EPOCHS
@@ -340,3 +340,4 @@ def test_cancelled_fold_resumes_from_its_checkpoint_and_ends_as_the_uninterrupte
     assert len(pd.read_csv(killed_fold / "training_log.csv")) == EPOCHS
     cindex = pd.read_csv(workdir / "results" / COHORT / "report" / "cindex.csv")
     assert sorted(cindex.loc[cindex["kind"] == "fold", "fold"].astype(int)) == list(FOLDS)
+    assert not (workdir / "results" / COHORT / "report_partial").exists()  # the complete report replaced it

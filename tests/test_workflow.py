@@ -97,17 +97,22 @@ def test_a_failed_fold_leaves_a_partial_report_and_a_rerun_retries_only_that_fol
     fold_csv.write_text(good.replace(",train", ",test").replace(",val", ",test"))
     kept = {p: p.stat().st_mtime_ns for p in results.glob("models/ghanet/fold_[0134]/metrics.json")}
 
+    complete_report = (results / "report" / "cindex.md").read_text()
+
     failed = run(DEMO_COMMAND, work, timeout=900)
     assert failed.returncode != 0
     assert "Partial report of the finished folds" in failed.stderr + failed.stdout
-    cindex = (results / "report" / "cindex.md").read_text()
+    partial = results / "report_partial"
+    cindex = (partial / "cindex.md").read_text()
     assert "**Incomplete: 1 of 5 (model, fold) runs did not finish (ghanet fold(s) 2).**" in cindex
     assert f"fold 2 (training failed: ghanet-wf train: error: {Path('results/demo_blca/splits/fold_2.csv')}" in cindex
     assert "the train split is empty" in cindex
-    table = pd.read_csv(results / "report" / "cindex.csv")
+    table = pd.read_csv(partial / "cindex.csv")
     folds = table[table["kind"] == "fold"].set_index("fold")
     assert folds.loc["2", "status"] == "missing" and (folds.drop(index="2")["status"] == "ok").all()
-    assert "†" in (results / "report" / "paper_table.md").read_text()
+    assert "†" in (partial / "paper_table.md").read_text()
+    assert (partial / "km.png").stat().st_size > 0 and (partial / "failed_slides.md").is_file()
+    assert (results / "report" / "cindex.md").read_text() == complete_report  # report/ is Snakemake's
     assert kept == {p: p.stat().st_mtime_ns for p in kept}  # finished folds were not retrained
 
     fold_csv.unlink()
@@ -117,6 +122,7 @@ def test_a_failed_fold_leaves_a_partial_report_and_a_rerun_retries_only_that_fol
     assert job_counts(rerun.stdout + rerun.stderr) == {"train_fold": 1, "report": 1, "paper_table": 1, "all": 1, "total": 4}
     assert kept == {p: p.stat().st_mtime_ns for p in kept}
     assert "Incomplete" not in (results / "report" / "cindex.md").read_text()
+    assert not partial.exists()  # the complete report replaced the partial one
     folds = pd.read_csv(results / "report" / "cindex.csv").query("kind == 'fold'")
     assert (folds["status"] == "ok").all() and len(folds) == 5
 

@@ -274,17 +274,23 @@ def report_outputs():
     ]
 
 
+# Written after a failed run, removed by the next complete report (rule report).
+PARTIAL_REPORT = f"{RESULTS}/report_partial"
+
+
 def write_partial_report():
     """After a failed run (onerror): the report of whatever finished, naming each failed fold.
 
     Snakemake does not run the report rule when a fold failed, yet the finished folds are worth
     reading. This writes the same tables from the fold files that exist, with an "Incomplete"
-    banner and each missing fold's reason from its training log; the next successful run replaces
-    it through the normal report rule. Never raises: the run has already failed.
+    banner and each missing fold's reason from its training log, into PARTIAL_REPORT: not into
+    report/, whose files present and newer than the fold outputs would tell the next run that
+    nothing is left to do. The next complete report removes it. Never raises: the run has
+    already failed.
     """
     if not Path(rules.build_cohort.output.patients).is_file():
         return
-    out_dir = Path(rules.report.output.cindex_md).parent
+    out_dir = Path(PARTIAL_REPORT)
     log_file = Path(f"{LOGS}/report_partial.log")
     report_options = options("report")
     commands = [
@@ -321,7 +327,8 @@ def write_partial_report():
                 return
     logger.warning(
         f"Partial report of the finished folds written to {out_dir}/: cindex.md names each failed "
-        "fold and its reason. Fix the cause and rerun the same command; only what failed reruns."
+        "fold and its reason. Fix the cause and rerun the same command: only what failed reruns, "
+        "and the complete report replaces this one."
     )
 
 

@@ -1,5 +1,6 @@
 # Aggregate every fold of every model into the report tables and figures. Runs in seconds on a
-# CPU and never trains: changing a `report:` option reruns this rule only. Every table is written
+# CPU and never trains: changing a `report:` option reruns this rule only. A complete report
+# removes the partial one an earlier failed run left (see write_partial_report in common.smk). Every table is written
 # as markdown, CSV and HTML; the HTML page and every figure are registered for
 # `snakemake --report results/report.html`, one label ("result") per entry, one subcategory per cohort.
 
@@ -90,6 +91,7 @@ rule report:
         "../../envs/report.yaml"
     params:
         out_dir=parent_dir("cindex_md"),
+        partial_dir=PARTIAL_REPORT,
         folds=FOLDS,
         cohort=COHORT,
         encoder=ENCODER,
@@ -102,6 +104,7 @@ rule report:
         " --qc {input.qc:q} --qc-png {input.qc_png:q} --folds {params.folds}"
         " --cohort {params.cohort:q} --encoder {params.encoder:q} --target-mpp {params.target_mpp}"
         " --out-dir {params.out_dir:q} --options {params.options:q} > {log:q} 2>&1"
+        " && rm -rf {params.partial_dir:q}"
 
 
 # The models x cohorts table: this run's cohort plus the cindex.csv of other cohorts' runs listed
