@@ -56,21 +56,6 @@ def time_ours(cases: dict[str, Case], options: dict, dim: int, out_dir: Path) ->
     return float(result.log["seconds"].iloc[-1])
 
 
-def reference_cab_forward(cab):
-    """The CAB forward as the reference writes it: keys and values of the patches in each round."""
-
-    def forward(features):
-        attention = cab.cross_attention
-        patches = cab.patch_norm(cab.patch_projection(features))
-        tokens, _ = attention(cab.token_norm_1(cab.tokens), patches)
-        tokens = cab.feed_forward_1(cab.ff_norm_1(tokens)) + tokens
-        tokens, logits = attention(cab.token_norm_2(cab.tokens + tokens), patches)
-        tokens = cab.output_norm(cab.feed_forward_2(cab.ff_norm_2(tokens)) + tokens)
-        return tokens, logits, cab._reconstruct(tokens)
-
-    return forward
-
-
 def time_reference(
     cases: dict[str, Case],
     options: dict,
@@ -86,8 +71,7 @@ def time_reference(
         torch.save(case.features, paths[case_id])
     torch.manual_seed(1)
     model = build_model("ghanet", model_config(resolve_options(options), dim, GROUP_SIZES, 4)).to(device)
-    if reference_cab:
-        model.cab.forward = reference_cab_forward(model.cab)
+    model.cab.reuse_keys_values = not reference_cab
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-4, weight_decay=1e-5)
     ids = list(cases)
     order = torch.multinomial(

@@ -143,6 +143,8 @@ class CrossModalAssociatingBranch(nn.Module):
     has its own LayerNorms and GEGLU feed-forward. A group with 0 selected genes gets no head.
     """
 
+    reuse_keys_values = True
+
     def __init__(self, in_dim: int, group_sizes: Sequence[int], dim: int, n_heads: int, dropout: float):
         super().__init__()
         self.group_sizes = [int(n) for n in group_sizes]
@@ -162,7 +164,9 @@ class CrossModalAssociatingBranch(nn.Module):
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
         """Return (group representations [G, dim], round-2 logits [G, N], reconstructions)."""
         patches = self.patch_norm(self.patch_projection(features))
-        keys_values = self.cross_attention.keys_values(patches)  # the same in both rounds
+        # The same in both rounds; ``reuse_keys_values = False`` recomputes them per round, as the
+        # reference code does (same result, more work: kept for the tests and the benchmark).
+        keys_values = self.cross_attention.keys_values(patches) if self.reuse_keys_values else None
         tokens, _ = self.cross_attention(self.token_norm_1(self.tokens), patches, keys_values)
         tokens = self.feed_forward_1(self.ff_norm_1(tokens)) + tokens
         tokens, logits = self.cross_attention(self.token_norm_2(self.tokens + tokens), patches, keys_values)
