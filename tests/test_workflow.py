@@ -189,6 +189,24 @@ def test_paper_table_takes_other_cohorts_tables_and_names_a_missing_one(tmp_path
     assert str(missing) in result.stdout + result.stderr
 
 
+def test_predict_slide_table_with_a_slide_twice_names_the_table_and_slide(tmp_path):
+    table = tmp_path / "new_slides.csv"
+    slide = REPO / "data" / "slides" / "CMU-1-Small-Region.svs"
+    table.write_text(f"case_id,slide_id,path\nNEW-1,CMU-1-Small-Region.svs,{slide}\nNEW-2,CMU-1-Small-Region.svs,{slide}\n")
+    result = run([SNAKEMAKE, "-n", "predict", "--config", f"predict={{slides: {table}}}"], REPO)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert f"{table}: slide_id(s) ['CMU-1-Small-Region.svs'] listed twice" in output
+
+
+def test_slurm_profile_sets_a_constant_disk_mb():
+    """Without it Snakemake sizes every job's inputs for its default disk_mb (a third of a large dry run)."""
+    import yaml
+
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    assert isinstance(profile["default-resources"]["disk_mb"], int)
+
+
 def test_predict_without_a_slide_table_names_the_key():
     result = run([SNAKEMAKE, "-n", "predict"], REPO)
     assert result.returncode != 0

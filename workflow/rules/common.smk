@@ -379,12 +379,6 @@ def load_predict_slides():
         table["mpp"] = ""
     table["mpp"] = pd.to_numeric(table["mpp"].replace("", float("nan")))
     table.index = table["slide_id"].map(predict_slide_key)
-    duplicated = sorted(set(table.loc[table.index.duplicated(), "slide_id"]))
-    if duplicated:
-        raise ValueError(
-            f"predict.slides {PREDICT['slides']}: slide(s) {duplicated[:5]} listed more than once "
-            "(or differing only in the extension); keep one row per slide"
-        )
     return table[columns]
 
 
