@@ -3,18 +3,40 @@
 #       snakemake --profile profiles/slurm   (SLURM cluster)
 # See README.md and config/README.md.
 
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
+# The workflow's package, from this checkout even where snakemake's Python lacks it (jobs get it
+# through PYTHONPATH, see common.smk).
+if str(Path(workflow.basedir) / "src") not in sys.path:
+    sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-configfile: "config/config.yaml"
+from ghanet_workflow.slide_table import config_error_message
+
+# The demo's config only when no --configfile is given: a user's config is never merged over the
+# demo's, so a key it leaves out takes the schema's documented default (config/README.md), not
+# the demo's value. (--config KEY=VALUE alone still overrides the demo's config.)
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+try:
+    validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
+except WorkflowError as error:
+    # the workflow's own one-line message and exit status 1, no stack
+    message = config_error_message(error, workflow.overwrite_configfiles)
+    logger.error(f"Error: {message}")
+    sys.exit(1)
 
 
 include: "workflow/rules/common.smk"

@@ -30,7 +30,7 @@ def test_dry_run_lists_every_stage():
 def test_unknown_config_key_is_named(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("splits:\n  k: 5\n  sead: 3\n")
-    result = run([SNAKEMAKE, "-n", "--configfile", str(bad)], REPO)
+    result = run([SNAKEMAKE, "-n", "--configfile", "config/config.yaml", str(bad)], REPO)
     assert result.returncode != 0
     assert "sead" in result.stderr + result.stdout
 
@@ -38,7 +38,7 @@ def test_unknown_config_key_is_named(tmp_path):
 def test_invalid_config_value_is_named(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("training:\n  models: [ghanet, resnet_magic]\n")
-    result = run([SNAKEMAKE, "-n", "--configfile", str(bad)], REPO)
+    result = run([SNAKEMAKE, "-n", "--configfile", "config/config.yaml", str(bad)], REPO)
     assert result.returncode != 0
     assert "resnet_magic" in result.stderr + result.stdout
 
@@ -152,7 +152,9 @@ def test_bring_your_own_features_skip_tiling_and_extraction(tmp_path):
     override = tmp_path / "byo.yaml"
     override.write_text(f"features:\n  external_dir: {external.parent}\n")
     plain = job_counts(run([SNAKEMAKE, "-n", "--forceall", "--quiet", "rules"], REPO).stdout)
-    result = run([SNAKEMAKE, "-n", "--forceall", "--quiet", "rules", "--configfile", str(override)], REPO)
+    result = run(
+        [SNAKEMAKE, "-n", "--forceall", "--quiet", "rules", "--configfile", "config/config.yaml", str(override)], REPO
+    )
     assert result.returncode == 0, result.stderr
     byo = job_counts(result.stdout)
     assert byo["import_features"] == 1

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -32,9 +31,11 @@ import torch
 
 from .atomic import write_csv
 from .cohort import slide_key
+from . import slide_table
 from .errors import InputError
 from .fold import check_feature_dim, load_fold_model
 from .options import parse_options
+from .slide_table import fold_model_dirs
 from .train import Case, predict, resolve_device
 
 log = logging.getLogger(__name__)
@@ -88,23 +89,12 @@ def resolve_options(options: Mapping | None) -> dict:
 
 
 def read_slide_table(path: str | Path) -> pd.DataFrame:
-    """The new-slide table (CSV or TSV): case_id, slide_id and optionally path, mpp, features_path."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"predict slide table {path} not found; set config predict.slides to its path")
-    table = pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False)
-    missing = sorted({"case_id", "slide_id"} - set(table.columns))
-    if missing:
-        raise InputError(f"{path}: missing column(s) {missing}; the table needs case_id, slide_id (and path)")
-    if table.empty:
-        raise InputError(f"{path}: no slide listed")
-    empty = table.index[(table["case_id"].str.strip() == "") | (table["slide_id"].str.strip() == "")]
-    if len(empty):
-        raise InputError(f"{path}: empty case_id or slide_id on data row(s) {[int(i) + 1 for i in empty[:10]]}")
-    duplicated = table.loc[table["slide_id"].map(slide_key).duplicated(), "slide_id"]
-    if len(duplicated):
-        raise InputError(f"{path}: slide_id(s) {duplicated.tolist()[:10]} listed twice (or equal without extension)")
-    return table
+    """The new-slide table (CSV or TSV): case_id, slide_id and optionally path, mpp, features_path.
+
+    Read and checked by :func:`ghanet_workflow.slide_table.read_predict_slides`, as the workflow
+    does when it starts; every cell is text, identifiers as written.
+    """
+    return slide_table.read_predict_slides(path, key=None)
 
 
 def feature_paths(slides: pd.DataFrame, features_dir: str | Path | None) -> list[Path]:
@@ -114,6 +104,22 @@ def feature_paths(slides: pd.DataFrame, features_dir: str | Path | None) -> list
     if features_dir is None:
         raise InputError("predict: give --features-dir (or a features_path column in the slide table)")
     return [Path(features_dir) / f"{slide_key(s)}.h5" for s in slides["slide_id"]]
+
+
+def missing_slides(slides: pd.DataFrame, paths: Sequence[Path]) -> dict[int, str]:
+    """Row position -> reason, for slides whose file (column ``path``) and feature file are both absent.
+
+    The workflow does not tile a new slide whose file is missing (it warns); such a slide is
+    reported in its patient's row instead of stopping the batch.
+    """
+    if "path" not in slides.columns:
+        return {}
+    missing = {}
+    for position, (slide_path, features) in enumerate(zip(slides["path"], paths)):
+        text = "" if pd.isna(slide_path) else str(slide_path).strip()
+        if text and not Path(text).expanduser().is_file() and not Path(features).is_file():
+            missing[position] = f"{text} not found"
+    return missing
 
 
 def check_feature_files(slide_ids: Sequence[str], paths: Sequence[Path]) -> None:
@@ -145,18 +151,6 @@ def _plain(value):
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return value.item() if isinstance(value, np.generic) else value
-
-
-def fold_model_dirs(models_from: str | Path, model_name: str) -> list[Path]:
-    """``<models_from>/models/<model>/fold_<k>`` folders holding a model.pt, in fold order."""
-    root = Path(models_from) / "models" / model_name
-    folders = [p.parent for p in root.glob("fold_*/model.pt") if re.fullmatch(r"fold_\d+", p.parent.name)]
-    if not folders:
-        raise InputError(
-            f"no trained fold model {root}/fold_<k>/model.pt; train the cohort first (snakemake) or "
-            f"set predict.models_from to the results folder of a trained cohort and predict.model to a trained model"
-        )
-    return sorted(folders, key=lambda folder: int(folder.name.split("_")[1]))
 
 
 def load_fold_models(model_dirs: Sequence[str | Path], device: torch.device) -> list[FoldModel]:
@@ -307,11 +301,18 @@ def predict_slides(
     if reference is None:
         log.warning("training features of %s not found: encoder and tiling are not checked", models[0].folder)
     paths = feature_paths(slides, features_dir)
-    check_feature_files(slides["slide_id"].tolist(), paths)
+    missing = missing_slides(slides, paths)
+    present = [i for i in range(len(slides)) if i not in missing]
+    check_feature_files([slides["slide_id"].iloc[i] for i in present], [paths[i] for i in present])
     rows = []
-    for case_id, group in slides.assign(_path=paths).groupby("case_id", sort=False):
+    for case_id, group in slides.assign(_path=paths, _row=range(len(slides))).groupby("case_id", sort=False):
         patient_slides = []
-        for slide_id, path in zip(group["slide_id"], group["_path"]):
+        for slide_id, path, row in zip(group["slide_id"], group["_path"], group["_row"]):
+            reason = missing.get(int(row))
+            if reason is not None:
+                log.warning("slide %s of patient %s: slide file %s; not scored", slide_id, case_id, reason)
+                patient_slides.append(SlideFeatures(slide_id, np.zeros((0, 0), np.float32), "missing", reason, {}))
+                continue
             slide = read_slide_features(path, slide_id)
             if slide.status == USABLE:
                 check_matching_features(slide, reference, path)

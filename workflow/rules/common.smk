@@ -70,24 +70,22 @@ def options(section):
 # ---------------------------------------------------------------- slide table
 
 
-def slide_key(slide_id):
-    """Wildcard-safe key of a slide: its id without the file extension."""
-    name = str(slide_id)
-    for ext in (
-        ".svs",
-        ".tiff",
-        ".tif",
-        ".ndpi",
-        ".mrxs",
-        ".scn",
-        ".dcm",
-        ".bif",
-        ".vms",
-        ".svslide",
-    ):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return name
+# The tables are read and checked by ghanet_workflow.slide_table (light: pandas and the standard
+# library, never torch); a bad table stops the run here with the workflow's own message (stop),
+# naming the file, line, column or config key.
+import sys
+
+from ghanet_workflow import slide_table
+from ghanet_workflow.errors import InputError
+
+# Wildcard-safe key of a slide: its id without the file extension (the cohort stage's own).
+slide_key = slide_table.slide_key
+
+
+def stop(error):
+    """A bad table: the workflow's own message on one line and exit status 1, no stack."""
+    logger.error(f"Error: {error}")
+    sys.exit(1)
 
 
 def _resolve(path):
@@ -96,72 +94,35 @@ def _resolve(path):
 
 
 def load_slide_table():
-    """One row per slide: slide_id, key, case_id, path, mpp, produced (by the demo rule)."""
-    clinical = pd.read_csv(
+    """One row per slide: slide_id, key, case_id, path, mpp, source, produced (by the demo rule), exists."""
+    return slide_table.load_slide_table(
         config["clinical"],
-        usecols=["case_id", "slide_id"],
-        compression="infer",
-        dtype=str,
+        slides_dir=config["slides"].get("dir"),
+        table=config["slides"].get("table"),
+        produced_dir=DEMO_SLIDE_DIR,
     )
-    slides = clinical.drop_duplicates("slide_id").copy()
-    slides["mpp"] = float("nan")
-    table_path = config["slides"].get("table")
-    if table_path:
-        extra = pd.read_csv(
-            table_path, sep=None, engine="python", dtype={"slide_id": str}
-        )
-        unknown = sorted(set(extra["slide_id"]) - set(slides["slide_id"]))
-        if unknown:
-            raise ValueError(
-                f"slide table {table_path}: slide_id(s) {unknown[:5]} are not in the clinical table "
-                f"{config['clinical']}; fix the ids or add the rows to the clinical table"
-            )
-        extra = extra.set_index("slide_id")
-        if "path" in extra:
-            slides["path"] = slides["slide_id"].map(extra["path"])
-        if "mpp" in extra:
-            slides["mpp"] = slides["slide_id"].map(extra["mpp"]).astype(float)
-    if "path" not in slides or slides["path"].isna().any():
-        slides_dir = config["slides"].get("dir")
-        if not slides_dir and ("path" not in slides or slides["path"].isna().any()):
-            missing = slides.loc[
-                slides.get("path", pd.Series(index=slides.index)).isna(), "slide_id"
-            ]
-            raise ValueError(
-                f"config key slides.dir is empty and the slide table gives no path for "
-                f"{list(missing)[:5]}: set slides.dir (folder of the slide files) in the config"
-            )
-        default = slides["slide_id"].map(lambda s: str(Path(slides_dir) / s))
-        slides["path"] = slides["path"].fillna(default) if "path" in slides else default
-    slides["key"] = slides["slide_id"].map(slide_key)
-    duplicated = slides.loc[slides["key"].duplicated(), "slide_id"]
-    if len(duplicated):
-        raise ValueError(
-            f"clinical table: slide ids {list(duplicated)[:5]} collide once the extension is dropped"
-        )
-    slides["produced"] = slides["path"].map(
-        lambda p: Path(str(p)).parent.as_posix() == DEMO_SLIDE_DIR
-    )
-    slides["exists"] = slides["produced"] | slides["path"].map(
-        lambda p: _resolve(p).is_file()
-    )
-    return slides.set_index("key", drop=False)
 
 
 def find_external_features(slides):
     """key -> existing CLAM/TRIDENT feature file, for slides that have one in features.external_dir."""
-    folder = config["features"].get("external_dir")
-    if not folder:
-        return {}
-    from ghanet_workflow.features import find_external_features as find
-
-    found = {key: find(folder, key) for key in slides.index}
-    return {key: str(path) for key, path in found.items() if path is not None}
+    return slide_table.find_external_features(
+        config["features"].get("external_dir"), slides.index
+    )
 
 
-SLIDES = load_slide_table()
-# Slides with bring-your-own features skip tiling and extraction (their slide file is not needed).
-EXTERNAL = find_external_features(SLIDES)
+try:
+    SLIDES = load_slide_table()
+    # Slides with bring-your-own features skip tiling and extraction (their slide file is not needed).
+    EXTERNAL = find_external_features(SLIDES)
+    slide_table.check_some_slide_on_disk(
+        SLIDES,
+        EXTERNAL,
+        config["clinical"],
+        config["slides"].get("dir"),
+        config["slides"].get("table"),
+    )
+except InputError as error:
+    stop(error)
 TILED = SLIDES[SLIDES["exists"] & ~SLIDES.index.isin(list(EXTERNAL))]
 ABSENT = SLIDES[~SLIDES["exists"] & ~SLIDES.index.isin(list(EXTERNAL))]
 # slide key -> row as a plain dict: the per-job input/params functions below run for every slide job
@@ -172,6 +133,7 @@ if len(ABSENT):
     logger.warning(
         f"{len(ABSENT)} slide(s) of the clinical table are not on disk and are reported as missing: "
         + ", ".join(ABSENT["path"].astype(str).head(5))
+        + (", ..." if len(ABSENT) > 5 else "")
     )
 
 
@@ -355,9 +317,6 @@ def runtime_features(wildcards, attempt):
 
 # ---------------------------------------------------------------- new slides to predict (predict.smk)
 
-from ghanet_workflow.cohort import slide_key as predict_slide_key
-from ghanet_workflow.predict import fold_model_dirs, read_slide_table
-
 PREDICT = config.get("predict") or {}
 PREDICT_DIR = f"{RESULTS}/predict"
 PREDICT_MODEL = PREDICT.get("model") or "ghanet"
@@ -366,30 +325,36 @@ PREDICT_MODELS_FROM = PREDICT.get("models_from") or RESULTS
 
 
 def load_predict_slides():
-    """New slides indexed by slide key (case_id, slide_id, path, mpp); empty when predict.slides is unset."""
-    columns = ["case_id", "slide_id", "path", "mpp"]
+    """New slides indexed by slide key (case_id, slide_id, path, mpp, exists); empty when predict.slides is unset."""
     if not PREDICT.get("slides"):
-        return pd.DataFrame(columns=columns)
-    table = read_slide_table(PREDICT["slides"])
-    if "path" not in table or (table["path"].str.strip() == "").any():
-        raise ValueError(
-            f"predict.slides {PREDICT['slides']}: every row needs a path (the slide file to tile)"
-        )
-    if "mpp" not in table:
-        table["mpp"] = ""
-    table["mpp"] = pd.to_numeric(table["mpp"].replace("", float("nan")))
-    table.index = table["slide_id"].map(predict_slide_key)
-    return table[columns]
+        return pd.DataFrame(columns=["case_id", "slide_id", "path", "mpp", "exists"])
+    return slide_table.load_predict_slides(PREDICT["slides"])
 
 
-PREDICT_SLIDES = load_predict_slides()
-PREDICT_CHUNKS = _chunks(PREDICT_SLIDES.index, SLIDES_PER_JOB)
+try:
+    PREDICT_SLIDES = load_predict_slides()
+    slide_table.check_some_predict_slide_on_disk(PREDICT_SLIDES, PREDICT.get("slides"))
+except InputError as error:
+    stop(error)
+# A new slide whose file is missing is not tiled: predict_risks gives its patient a row with the
+# reason (ghanet-wf predict reads the same table) and scores the other patients.
+PREDICT_TILED = PREDICT_SLIDES[PREDICT_SLIDES["exists"].astype(bool)]
+PREDICT_ABSENT = PREDICT_SLIDES[~PREDICT_SLIDES["exists"].astype(bool)]
+PREDICT_CHUNKS = _chunks(PREDICT_TILED.index, SLIDES_PER_JOB)
 PREDICT_SLIDE_ROWS = PREDICT_SLIDES.to_dict("index")
+
+if len(PREDICT_ABSENT):
+    logger.warning(
+        f"{len(PREDICT_ABSENT)} new slide(s) of predict.slides {PREDICT['slides']} are not on disk; "
+        "their patients get a risks.csv row with the reason and no risk: "
+        + ", ".join(PREDICT_ABSENT["path"].astype(str).head(5))
+        + (", ..." if len(PREDICT_ABSENT) > 5 else "")
+    )
 
 
 def predict_slide_table(wildcards):
     if not PREDICT.get("slides"):
-        raise ValueError(
+        stop(
             "config key predict.slides is empty: set it to a table of the new slides "
             "(case_id, slide_id, path, optional mpp), e.g. --config predict='{slides: new.csv}'"
         )
@@ -436,10 +401,11 @@ def predict_model_files(wildcards):
         return expand(
             f"{RESULTS}/models/{PREDICT_MODEL}/fold_{{fold}}/model.pt", fold=FOLDS
         )
-    return [
-        str(folder / "model.pt")
-        for folder in fold_model_dirs(PREDICT_MODELS_FROM, PREDICT_MODEL)
-    ]
+    try:
+        folders = slide_table.fold_model_dirs(PREDICT_MODELS_FROM, PREDICT_MODEL)
+    except InputError as error:
+        stop(error)
+    return [str(folder / "model.pt") for folder in folders]
 
 
 def predict_model_dirs(wildcards, input):
