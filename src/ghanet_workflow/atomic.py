@@ -49,11 +49,61 @@ def write_text(target: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_json(target: str | os.PathLike, obj) -> None:
-    """Atomically write ``obj`` as indented JSON."""
+def write_json(target: str | os.PathLike, obj, *, sort_keys: bool = True) -> None:
+    """Atomically write ``obj`` as indented, strict JSON (see :func:`dumps_json`)."""
+    write_text(target, dumps_json(obj, sort_keys=sort_keys) + "\n")
+
+
+def dumps_json(obj, *, sort_keys: bool = True, indent: int | None = 2) -> str:
+    """Strict JSON text of ``obj``: no ``NaN``/``Infinity`` literal can come out.
+
+    Non-finite floats (Python or numpy, at any depth of dicts/lists/tuples/arrays) become
+    ``null``; numpy scalars and arrays become plain numbers and lists, paths strings.
+    ``allow_nan=False`` makes anything that still slips through an error, not a bad file.
+    A writer that nulls a value for a reason keeps that reason in the object's ``notes``
+    dict (key -> reason text, see docs/CONTRACTS.md).
+    """
     import json
 
-    write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    return json.dumps(strict_json(obj), indent=indent, sort_keys=sort_keys, allow_nan=False, default=_json_default)
+
+
+def strict_json(value):
+    """``value`` with non-finite floats replaced by None and numpy/path values made plain, recursively."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {_json_key(key): strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return [strict_json(item) for item in value.tolist()]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    if _is_missing_scalar(value):
+        return None
+    return value
+
+
+def _json_key(key):
+    """A dict key JSON accepts (numpy scalars as plain values)."""
+    import numpy as np
+
+    return key.item() if isinstance(key, np.generic) else key
+
+
+def _is_missing_scalar(value) -> bool:
+    """pandas.NA / pandas.NaT (no pandas import needed for the check)."""
+    return type(value).__name__ in ("NAType", "NaTType")
 
 
 def write_csv(target: str | os.PathLike, frame, **kwargs) -> None:

@@ -10,7 +10,8 @@ Per fold, on the held-out test patients:
 - risk groups: cut-off = median risk of the training fold's own predictions; log-rank test
   (``compare_survival``) of high vs low risk on the test fold.
 A metric that is undefined on a fold (too few patients or events, time outside follow-up) is
-NaN, with the reason under ``notes``; nothing crashes.
+NaN, with the reason under ``notes`` (metric name -> reason text); nothing crashes. In
+metrics.json (strict JSON, :func:`ghanet_workflow.atomic.write_json`) NaN is written as null.
 
 "Training fold" here means every non-test patient of the fold (its train and inner val parts).
 """
@@ -18,7 +19,6 @@ NaN, with the reason under ``notes``; nothing crashes.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 from pathlib import Path
@@ -36,7 +36,7 @@ from sksurv.metrics import (
 from sksurv.nonparametric import CensoringDistributionEstimator, kaplan_meier_estimator
 from sksurv.util import Surv
 
-from ghanet_workflow.atomic import write_text
+from ghanet_workflow.atomic import strict_json, write_json
 from ghanet_workflow.cohort import parse_options
 from ghanet_workflow.errors import InputError
 
@@ -242,9 +242,16 @@ def evaluate_predictions(
     result: dict = {"n_patients": len(test), "n_events": int(test["event"].sum())}
     result["cindex"] = harrell_cindex(test["time"].to_numpy(), test["event"].to_numpy(), test["risk"].to_numpy())
     if math.isnan(result["cindex"]):
-        notes["cindex"] = "no comparable pair (no event) in the test fold"
+        notes["cindex"] = _no_pair_reason(result["n_patients"], result["n_events"])
     low, high, n_valid = bootstrap_cindex(test, options["bootstrap"], options["ci_level"], options["seed"])
     result.update(cindex_ci_low=low, cindex_ci_high=high, bootstrap_valid=n_valid)
+    if n_valid == 0:
+        why = (
+            "bootstrap disabled (evaluation.bootstrap = 0)"
+            if options["bootstrap"] <= 0
+            else f"none of the {options['bootstrap']} bootstrap resamples of the test fold has a comparable pair"
+        )
+        notes["cindex_ci_low"] = notes["cindex_ci_high"] = why
     limit = support_limit(train, test)
     tau = result["tau_months"] = uno_tau(train, test, options["tau_months"], options["tau_quantile"])
     result["cindex_uno"] = _guarded(notes, "cindex_uno", lambda: uno_cindex(train, test, tau))
@@ -260,6 +267,15 @@ def evaluate_predictions(
     result["logrank_p"] = _guarded(notes, "logrank_p", lambda: logrank(test, result["risk_cutoff"]))
     result["notes"] = notes
     return result
+
+
+def _no_pair_reason(n_patients: int, n_events: int) -> str:
+    """Why Harrell's C is undefined on a test fold."""
+    if n_events == 0:
+        return f"no comparable pair: no event in the test fold ({n_patients} patients, all censored)"
+    if n_patients < 2:
+        return f"no comparable pair: {n_patients} patient in the test fold"
+    return f"no comparable pair among the {n_patients} test patients ({n_events} events, none before another's time)"
 
 
 # ----------------------------------------------------------------------------- across folds
@@ -343,12 +359,8 @@ def kaplan_meier_by_group(test: pd.DataFrame, cutoff: float) -> pd.DataFrame:
 
 
 def json_ready(value):
-    """NaN -> None recursively, so the JSON file stays standard."""
-    if isinstance(value, dict):
-        return {key: json_ready(item) for key, item in value.items()}
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
+    """NaN/inf -> None recursively (also numpy values, lists), so the JSON file stays strict."""
+    return strict_json(value)
 
 
 def evaluate_file(predictions_path: str | Path, preprocessing_path: str | Path, options: Mapping | None) -> dict:
@@ -377,6 +389,6 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     options = parse_options(args.options, DEFAULTS, "evaluation")
     metrics = evaluate_file(args.predictions, args.preprocessing, options)
-    write_text(args.out, json.dumps(json_ready(metrics), indent=2) + "\n")
+    write_json(args.out, metrics)
     log.info("C-index %.3f (%d patients, %d events)", metrics["cindex"], metrics["n_patients"], metrics["n_events"])
     return 0

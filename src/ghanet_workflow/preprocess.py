@@ -25,7 +25,7 @@ import pandas as pd
 from scipy import stats
 from sklearn.preprocessing import StandardScaler
 
-from ghanet_workflow.atomic import write_text
+from ghanet_workflow.atomic import write_json
 from ghanet_workflow.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class FoldPreprocessing:
 
     def to_json(self, path: str | Path) -> None:
         """Write atomically; the open outer bin edges are implicit (only the inner cuts are stored)."""
-        write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json(path, self.to_dict(), sort_keys=False)  # strict JSON: a NaN/inf value becomes null
 
     def to_dict(self) -> dict:
         """JSON-ready form (NaN p-values as null)."""

@@ -497,7 +497,16 @@ def analyse_slide(slide_path: Path, slide_id: str, mpp_override: float | None, o
             reader.close()
     result.attrs.update(status=result.status, reason=result.reason)
     result.qc = {**_qc_row(slide_id, slide_path, opts, result.attrs), **result.qc}
+    result.qc["notes"] = undefined_notes(result.qc)
     return result
+
+
+def undefined_notes(qc: dict) -> dict[str, str]:
+    """QC key -> why its value is undefined (NaN here, null in the QC JSON), for each such key."""
+    undefined = [key for key, value in qc.items() if isinstance(value, float) and not math.isfinite(value)]
+    if not undefined:
+        return {}
+    return dict.fromkeys(undefined, f"not measured: the slide is {qc['status']} before this was known (see reason)")
 
 
 # --------------------------------------------------------------------------- pictures
