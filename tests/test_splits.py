@@ -137,3 +137,59 @@ def test_write_read_and_reuse(blca_patients, tmp_path):
     blca_patients.iloc[:-5].reset_index().to_csv(patients_csv, index=False)
     with pytest.raises(InputError, match="do not fit the cohort"):
         splits.main(["--patients", str(patients_csv), "--out-dir", str(out)])
+
+
+# ----------------------------------------------------------------------------- small cohorts
+
+
+@pytest.mark.parametrize(("n_patients", "k", "fraction"), [(8, 2, 0.15), (8, 3, 0.2), (10, 2, 0.2), (12, 3, 0.15),
+                                                          (12, 2, 0.2)])  # fmt: skip
+def test_small_real_cohort_gets_an_inner_validation_part(blca_patients, caplog, n_patients, k, fraction):
+    patients = blca_patients.iloc[:n_patients]
+    with caplog.at_level(logging.WARNING, logger="ghanet_workflow.splits"):
+        folds = splits.make_splits(patients, k=k, seed=1, inner_val_fraction=fraction)
+    assert "stratifying by censorship only" in caplog.text  # sklearn's stratified split cannot do it
+    for frame in folds:
+        training = members(frame, "train", "val")
+        val, train = members(frame, "val"), members(frame, "train")
+        assert len(val) == max(1, round(fraction * len(training))) and not val & train
+        events = patients["censorship"] == 0
+        assert events[sorted(train)].any()  # the bins and the loss need an event to train on
+        if events[sorted(training)].sum() >= 2:
+            assert events[sorted(val)].any()
+    assert set().union(*(members(frame, "test") for frame in folds)) == set(patients.index)
+    # seeded: the same folds again
+    again = splits.make_splits(patients, k=k, seed=1, inner_val_fraction=fraction)
+    for a, b in zip(folds, again):
+        pd.testing.assert_frame_equal(a, b)
+
+
+def test_inner_validation_keeps_the_only_event_in_training(blca_patients, caplog):
+    events = blca_patients[blca_patients["censorship"] == 0].iloc[:1]
+    censored = blca_patients[blca_patients["censorship"] == 1].iloc[:9]
+    train = pd.concat([events, censored])
+    for seed in range(5):
+        with caplog.at_level(logging.WARNING, logger="ghanet_workflow.splits"):
+            val = splits.inner_validation(train, 0.3, seed, 4, fold=2)
+        assert len(val) == 3 and events.index[0] not in val
+    assert "fold 2: the inner validation part (3 of 10 training patients) has no event" in caplog.text
+
+
+def test_inner_validation_fraction_too_large_names_fold_counts_and_key(blca_patients):
+    patients = blca_patients.iloc[:8]
+    with pytest.raises(InputError, match=r"fold 0: splits.inner_val_fraction 0.95 of its 4 training patient\(s\) "
+                                         r"\(\d+ event\(s\)\) leaves no patient to train on.*splits.k"):  # fmt: skip
+        splits.make_splits(patients, k=2, seed=1, inner_val_fraction=0.95)
+    with pytest.raises(InputError, match=r"splits.inner_val_fraction is 1.5; it must be in \[0, 1\)"):
+        splits.inner_validation(patients, 1.5, 1, 4)
+
+
+def test_too_few_events_for_stratified_folds_falls_back_then_names_the_eventless_fold(blca_patients, caplog):
+    # 8 real patients with 4 events cannot make 5 folds stratified by censorship; unstratified
+    # folds are made, and the test fold left without an event is an InputError, not a sklearn crash
+    patients = blca_patients.iloc[40:48]
+    assert (patients["censorship"] == 0).sum() == 4
+    with caplog.at_level(logging.WARNING, logger="ghanet_workflow.splits"):
+        with pytest.raises(InputError, match=r"fold \d: the test fold \(\d patients\) has no event.*splits.k"):
+            splits.make_splits(patients, k=5, seed=1)
+    assert "cannot make 5 folds stratified by censorship only" in caplog.text and "no stratification" in caplog.text

@@ -23,7 +23,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ghanet_workflow.atomic import write_csv, write_text
+from ghanet_workflow.atomic import write_csv, write_json
 from ghanet_workflow.errors import InputError
 from ghanet_workflow.options import parse_options
 
@@ -45,6 +45,13 @@ WSI_EXTENSIONS = (
 GZIP = {"method": "gzip", "compresslevel": 1, "mtime": 0}
 #: How many offending rows/values an error message lists before "...".
 MAX_LISTED = 10
+#: Identifier columns: read as exact text, never as numbers, booleans or missing values.
+ID_COLUMNS = ("case_id", "slide_id")
+#: pandas' default missing-value markers (read_csv documentation); only non-identifier columns get them.
+NA_MARKERS = (
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
+    "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+)  # fmt: skip
 
 
 @dataclass
@@ -98,6 +105,24 @@ def slide_key(slide_id: str) -> str:
 
 
 
+def read_id_csv(path: str | Path, id_columns: Sequence[str] = ID_COLUMNS, **kwargs) -> pd.DataFrame:
+    """``pandas.read_csv`` with the identifier columns kept exactly as written.
+
+    Columns of ``id_columns`` present in the file are read as str without missing-value markers,
+    so ``0001``, ``01`` vs ``1``, ``1e5``, ``TRUE`` or ``NA`` stay those strings (an empty cell is
+    ""). Every other column keeps pandas' default type inference and missing-value markers.
+    ``kwargs`` go to ``read_csv`` (``compression``, ``sep``, ``dtype`` for other columns...).
+    """
+    header_kwargs = {key: kwargs[key] for key in ("compression", "sep", "encoding") if key in kwargs}
+    columns = list(pd.read_csv(path, nrows=0, **header_kwargs).columns)
+    ids = [column for column in columns if column in set(id_columns)]
+    dtype = kwargs.pop("dtype", None)
+    if dtype is None or isinstance(dtype, dict):  # (a single dtype such as str applies to every column)
+        dtype = {**(dtype or {}), **dict.fromkeys(ids, str)}
+    na_values = {column: list(NA_MARKERS) for column in columns if column not in ids}
+    return pd.read_csv(path, dtype=dtype, keep_default_na=False, na_values=na_values, **kwargs)
+
+
 # ----------------------------------------------------------------------------- clinical table
 
 
@@ -131,7 +156,7 @@ def _read_table_file(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise InputError(f"clinical table not found: {path}; set 'clinical' in the config to an existing file")
     try:
-        table = pd.read_csv(path, compression="infer")
+        table = read_id_csv(path, compression="infer")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
         raise InputError(f"{path}: cannot be read as a CSV table ({exc})") from exc
     if table.empty:
@@ -428,7 +453,7 @@ def build_cohort(
     genomics = genomics_matrix(table, groups, list(patients.index), str(clinical_path))
     write_csv(out_dir / "patients.csv", patients.reset_index())
     write_csv(out_dir / "genomics.csv.gz", genomics.reset_index(), compression=GZIP)
-    write_text(out_dir / "groups.json", json.dumps(groups, indent=2) + "\n")  # keeps the signature order
+    write_json(out_dir / "groups.json", groups, sort_keys=False)  # keeps the signature order
     write_csv(out_dir / "slides.csv", slides)
     log.info(
         "cohort: %d patients, %d events, %d slides used of %d listed",
@@ -465,8 +490,8 @@ def load_built_cohort(cohort_dir: str | Path) -> BuiltCohort:
     missing = [str(path) for path in files.values() if not path.is_file()]
     if missing:
         raise InputError(f"cohort folder incomplete, missing {missing}; run the cohort stage first")
-    patients = pd.read_csv(files["patients.csv"], dtype={"case_id": str, "slides": str}).set_index("case_id")
-    genomics = pd.read_csv(files["genomics.csv.gz"], dtype={"case_id": str}).set_index("case_id").astype(float)
+    patients = read_id_csv(files["patients.csv"], id_columns=("case_id", "slides")).set_index("case_id")
+    genomics = read_id_csv(files["genomics.csv.gz"], id_columns=("case_id",)).set_index("case_id").astype(float)
     groups = json.loads(files["groups.json"].read_text(encoding="utf-8"))
     slides = pd.read_csv(
         files["slides.csv"],

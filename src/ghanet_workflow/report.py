@@ -33,7 +33,7 @@ from tabulate import tabulate, tabulate_formats
 
 from . import plots
 from .atomic import write_csv, write_text
-from .cohort import parse_options
+from .cohort import parse_options, read_id_csv
 from .errors import InputError
 
 #: Config options (config section ``report``).
@@ -68,6 +68,8 @@ RECONSTRUCTION_COLUMNS = ("group", "gene", "pearson_r")
 #: columns of the report's reconstruction.csv (after ``model``)
 RECONSTRUCTION_TABLE = ["group", "n_genes", "mean_r", "std_r", "n_folds", "top_genes"]
 SLIDE_COLUMNS = ("slide_id", "status")
+#: columns read as exact text from every CSV the report reads
+ID_COLUMNS = ("case_id", "slide_id", "slide_key")
 SLIDE_EXTENSIONS = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".dcm", ".bif", ".vms", ".svslide"}
 GROUP_NAMES = {2: ["low risk", "high risk"], 3: ["low risk", "intermediate risk", "high risk"]}
 #: attention.h5 datasets per patient (see ghanet_workflow.fold.write_attention_h5)
@@ -159,7 +161,10 @@ def failure_reason(log_dir: Path | None, model: str, fold: int) -> str:
 
 
 def read_fold_metrics(path: Path | None) -> tuple[dict, str]:
-    """(metrics, reason) of one fold; reason is "" when the fold completed, else why it did not."""
+    """(metrics, reason) of one fold; reason is "" when the fold completed, else why it did not.
+
+    A null value (strict JSON) is an undefined metric: NaN in the fold table, its reason in ``notes``.
+    """
     if path is None:
         return {}, "no metrics.json given"
     if not path.is_file():
@@ -191,9 +196,13 @@ def read_predictions(path: Path) -> pd.DataFrame:
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    """Read a CSV, turning a missing or malformed file into an InputError naming it."""
+    """Read a CSV, turning a missing or malformed file into an InputError naming it.
+
+    Identifier columns (``ID_COLUMNS``) stay text exactly as written ('0001', '1e5', 'NA');
+    other columns get pandas' usual parsing (empty/NA cells -> NaN).
+    """
     try:
-        return pd.read_csv(path)
+        return read_id_csv(path, id_columns=ID_COLUMNS)
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read {path}: {exc}") from exc
 
@@ -332,9 +341,13 @@ def fold_metrics_frame(
 
 
 def _undefined_notes(metrics: dict) -> str:
-    """The evaluate stage's reasons for undefined metrics (its ``notes`` object) as one line."""
+    """The evaluate stage's reasons for undefined (null) metrics, its ``notes`` {key: reason}, as one line."""
     notes = metrics.get("notes")
-    return "; ".join(f"{key}: {why}" for key, why in notes.items()) if isinstance(notes, dict) else ""
+    if isinstance(notes, dict):
+        return "; ".join(f"{key}: {why}" for key, why in notes.items())
+    if isinstance(notes, list):  # tolerated: a plain list of reasons
+        return "; ".join(str(why) for why in notes)
+    return ""
 
 
 def _is_number(value) -> bool:

@@ -16,10 +16,10 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from ghanet_workflow.atomic import write_csv
-from ghanet_workflow.cohort import _listed, parse_options
+from ghanet_workflow.cohort import _listed, parse_options, read_id_csv
 from ghanet_workflow.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -65,30 +65,102 @@ def strata_labels(patients: pd.DataFrame, n_time_bins: int = 4, min_size: int = 
 
 
 def generated_test_folds(patients: pd.DataFrame, k: int, seed: int, n_time_bins: int) -> list[list[str]]:
-    """Stratified, seeded partition of the patients into ``k`` test folds."""
+    """Stratified, seeded partition of the patients into ``k`` test folds.
+
+    Strata are time bin x censorship; a cohort too small for them is stratified by censorship
+    only, and one too small for that is split unstratified (each fallback is logged).
+    """
     if len(patients) < k:
         raise InputError(f"splits: {len(patients)} patients cannot make {k} folds; lower splits.k")
-    labels = strata_labels(patients, n_time_bins, min_size=k)
-    folder = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     case_ids = patients.index.to_numpy()
-    return [list(case_ids[test]) for _, test in folder.split(case_ids, labels)]
+    attempts = [
+        ("time bin x censorship", strata_labels(patients, n_time_bins, min_size=k)),
+        ("censorship only", patients["censorship"].to_numpy(dtype=int)),
+    ]
+    for number, (name, labels) in enumerate(attempts):
+        try:
+            folder = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+            return [list(case_ids[test]) for _, test in folder.split(case_ids, labels)]
+        except ValueError as exc:
+            following = attempts[number + 1][0] if number + 1 < len(attempts) else "no stratification"
+            log.warning(
+                "splits: %d patients (%d events) cannot make %d folds stratified by %s (%s); using %s",
+                len(patients), _n_events(patients), k, name, exc, following,
+            )  # fmt: skip
+    folder = KFold(n_splits=k, shuffle=True, random_state=seed)
+    return [list(case_ids[test]) for _, test in folder.split(case_ids)]
 
 
-def inner_validation(train: pd.DataFrame, fraction: float, seed: int, n_time_bins: int) -> list[str]:
-    """Case ids of a stratified inner validation part of one training fold (``fraction`` of it)."""
-    n_val = int(round(fraction * len(train)))
-    if fraction <= 0 or n_val == 0:
+def _n_events(patients: pd.DataFrame) -> int:
+    return int((patients["censorship"] == 0).sum())
+
+
+def inner_validation(
+    train: pd.DataFrame, fraction: float, seed: int, n_time_bins: int, fold: int | None = None
+) -> list[str]:
+    """Case ids of a stratified inner validation part of one training fold (``fraction`` of it).
+
+    Stratified by time bin x censorship (sklearn). A training fold too small for that is split
+    by censorship only, keeping at least one event in the training part (and one in the
+    validation part when there are two or more); the fallback is logged. InputError when the
+    fraction leaves no patient to train on.
+    """
+    where = "splits" if fold is None else f"splits: fold {fold}"
+    n_train, n_events = len(train), _n_events(train)
+    if not 0 <= fraction < 1:
+        raise InputError(f"{where}: splits.inner_val_fraction is {fraction}; it must be in [0, 1) (0 = none)")
+    n_val = int(round(fraction * n_train))
+    if fraction == 0 or n_val == 0:
+        if fraction > 0:
+            log.warning(
+                "%s: inner_val_fraction %g of %d training patients rounds to 0; no inner validation part",
+                where, fraction, n_train,
+            )  # fmt: skip
         return []
-    if n_val >= len(train):
-        raise InputError(f"splits: inner_val_fraction {fraction} leaves no training patient")
+    if n_val >= n_train:
+        raise InputError(
+            f"{where}: splits.inner_val_fraction {fraction} of its {n_train} training patient(s) "
+            f"({n_events} event(s)) leaves no patient to train on; lower splits.inner_val_fraction "
+            "(0 = no inner validation) or splits.k, or use a larger cohort"
+        )
     labels = strata_labels(train, n_time_bins, min_size=2)
     try:
         _, val = train_test_split(train.index.to_numpy(), test_size=n_val, stratify=labels, random_state=seed)
-    except ValueError:  # more strata than validation patients: stratify by censorship only
-        censored = train["censorship"].to_numpy()
-        stratify = censored if np.bincount(censored, minlength=2).min() >= 2 else None
-        _, val = train_test_split(train.index.to_numpy(), test_size=n_val, stratify=stratify, random_state=seed)
+    except ValueError as exc:  # more strata than validation patients, or a stratum of one
+        log.warning(
+            "%s: %d training patients (%d events) cannot give an inner validation part of %d stratified "
+            "by time bin x censorship (%s); stratifying by censorship only",
+            where, n_train, n_events, n_val, exc,
+        )  # fmt: skip
+        val = _censorship_split(train, n_val, seed)
+    else:
+        if n_events and not (train.loc[~train.index.isin(val), "censorship"] == 0).any():
+            val = _censorship_split(train, n_val, seed)  # keep an event to train on (and to fit the bins)
+    n_val_events = _n_events(train.loc[list(val)])
+    if n_val_events == 0:
+        log.warning(
+            "%s: the inner validation part (%d of %d training patients) has no event, so its C-index is "
+            "undefined (training.select: best_val cannot use it); raise splits.inner_val_fraction, lower "
+            "splits.k or use a larger cohort",
+            where, n_val, n_train,
+        )  # fmt: skip
     return sorted(val)
+
+
+def _censorship_split(train: pd.DataFrame, n_val: int, seed: int) -> list[str]:
+    """``n_val`` seeded validation ids with events in proportion, clipped so both parts can keep one.
+
+    The training part keeps >= 1 event when there is one; the validation part gets >= 1 when
+    there are two or more. Needs 1 <= n_val < len(train).
+    """
+    rng = np.random.default_rng(seed)
+    is_event = (train["censorship"] == 0).to_numpy()
+    events, censored = train.index[is_event].to_numpy(), train.index[~is_event].to_numpy()
+    low = max(1 if len(events) >= 2 else 0, n_val - len(censored))
+    high = min(max(len(events) - 1, 0), n_val)
+    n_val_events = int(np.clip(round(n_val * len(events) / len(train)), low, high))
+    picked = list(rng.permutation(events)[:n_val_events]) + list(rng.permutation(censored)[: n_val - n_val_events])
+    return picked
 
 
 # ----------------------------------------------------------------------------- published files
@@ -98,11 +170,11 @@ def read_published_fold(path: Path) -> tuple[list[str], list[str]]:
     """(train, val) case ids of one MCAT split file; blank padding dropped."""
     if not path.is_file():
         raise InputError(f"published split file not found: {path}; check splits.published_dir and splits.k")
-    frame = pd.read_csv(path, dtype=str, keep_default_na=True)
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)  # ids as written ('NA', '0001' included)
     missing = [column for column in ("train", "val") if column not in frame.columns]
     if missing:
         raise InputError(f"{path}: missing column(s) {missing}; MCAT split files have columns ',train,val'")
-    train, val = ([value.strip() for value in frame[column].dropna() if value.strip()] for column in ("train", "val"))
+    train, val = ([value.strip() for value in frame[column] if value.strip()] for column in ("train", "val"))
     both = sorted(set(train) & set(val))
     if both:
         raise InputError(f"{path}: patient(s) in both train and val: {_listed(both)}")
@@ -158,7 +230,7 @@ def make_splits(
         train_test = [(list(patients.index.difference(test, sort=False)), test) for test in tests]
     splits = []
     for fold, (train, test) in enumerate(train_test):
-        val = inner_validation(patients.loc[train], inner_val_fraction, seed + fold, n_time_bins)
+        val = inner_validation(patients.loc[train], inner_val_fraction, seed + fold, n_time_bins, fold=fold)
         splits.append(_fold_frame(train, val, test))
     check_splits(splits, patients, expect_full_cover=not published_dir)
     return splits
@@ -267,7 +339,7 @@ def read_fold(path: str | Path) -> dict[str, list[str]]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"fold file not found: {path}; run the splits stage first")
-    frame = pd.read_csv(path, dtype=str)
+    frame = _read_fold_file(path)
     bad = sorted(set(frame["split"]) - set(SPLIT_NAMES))
     if bad:
         raise InputError(f"{path}: unknown split name(s) {bad}; expected {list(SPLIT_NAMES)}")
@@ -276,7 +348,16 @@ def read_fold(path: str | Path) -> dict[str, list[str]]:
 
 def read_splits(out_dir: str | Path, k: int) -> list[pd.DataFrame]:
     """All ``k`` fold files of a folder as frames (case_id, split)."""
-    return [pd.read_csv(Path(out_dir) / f"fold_{fold}.csv", dtype=str) for fold in range(k)]
+    return [_read_fold_file(Path(out_dir) / f"fold_{fold}.csv") for fold in range(k)]
+
+
+def _read_fold_file(path: Path) -> pd.DataFrame:
+    """A fold file as text (case ids exactly as written), checked for its two columns."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [column for column in ("case_id", "split") if column not in frame.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {missing}; a fold file has columns case_id,split")
+    return frame
 
 
 def existing_splits(out_dir: Path, k: int, patients: pd.DataFrame, published: bool) -> list[pd.DataFrame] | None:
@@ -308,7 +389,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     options = parse_options(args.options, DEFAULTS, "splits")
-    patients = _indexed(pd.read_csv(args.patients, dtype={"case_id": str}))
+    patients = _indexed(read_id_csv(args.patients, id_columns=("case_id", "slides")))
     out_dir = Path(args.out_dir)
     splits = existing_splits(out_dir, options["k"], patients, bool(options["published_dir"]))
     if splits is None:
