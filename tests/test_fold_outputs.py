@@ -10,14 +10,13 @@ import pandas as pd
 import pytest
 import torch
 
-from ghanet_workflow.fold import (
+from ghanet_workflow.fold import run_fold, runtime_record
+from ghanet_workflow.interpret import (
     ATTENTION_NAME,
     RECONSTRUCTION_COLUMNS,
     RECONSTRUCTION_NAME,
     attention_patients,
     pearson_columns,
-    run_fold,
-    runtime_record,
 )
 
 IN_DIM = 16

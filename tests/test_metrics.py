@@ -157,12 +157,13 @@ def test_main_writes_standard_json(fold, tmp_path):
     prep = preprocess.FoldPreprocessing(bin_edges=EDGES, means=pd.Series(dtype=float), scales=pd.Series(dtype=float),
                                         gene_table=pd.DataFrame(columns=preprocess.GENE_TABLE_COLUMNS))
     prep.to_json(tmp_path / "preprocessing.json")
+    (tmp_path / "train_info.json").write_text(json.dumps({"model": "abmil", "fold": 0, "selected_epoch": 3}))
     out = tmp_path / "metrics.json"
-    code = metrics.main(["--predictions", str(tmp_path / "predictions.csv"), "--preprocessing",
-                         str(tmp_path / "preprocessing.json"), "--out", str(out), "--options",
+    code = metrics.main(["--model-dir", str(tmp_path), "--out", str(out), "--options",
                          json.dumps({"bootstrap": 10, "auc_times_months": [12, 1000]})])
     assert code == 0
     text = out.read_text()
+    assert json.loads(text)["model"] == "abmil" and json.loads(text)["selected_epoch"] == 3
     assert "NaN" not in text
     written = json.loads(text)
     assert written["auc_1000m"] is None and "1000 months" in written["notes"]["auc_1000m"]

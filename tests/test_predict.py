@@ -18,7 +18,8 @@ import torch
 
 from ghanet_workflow import cli
 from ghanet_workflow.errors import InputError
-from ghanet_workflow.fold import load_fold_model, run_fold
+from ghanet_workflow.fold import run_fold
+from ghanet_workflow.model_io import load_fold_model
 from ghanet_workflow.predict import fold_model_dirs, predict_slides, read_slide_table
 from ghanet_workflow.train import Case, predict
 

@@ -475,7 +475,7 @@ def test_a_model_without_reconstruction_is_named_not_tabulated(tmp_path):
 
 def write_attention_run(results: Path, slide: Path, n_folds: int = 2) -> tuple[list[Path], Path]:
     """attention.h5 per fold (fold.write_attention_h5) on a real slide's patch grid, and its QC JSON."""
-    from ghanet_workflow.fold import write_attention_h5
+    from ghanet_workflow.interpret import write_attention_h5
 
     rng = np.random.default_rng(1)
     xs, ys = np.meshgrid(np.arange(0, 2048, 256), np.arange(0, 2816, 256))
@@ -549,7 +549,7 @@ def test_main_draws_the_attention_figure_even_when_a_slide_cannot_be_read(cohort
     assert report.main(argv) == 0
     assert (out / "attention_heatmaps.png").read_bytes()[:8] == PNG_MAGIC
     empty = tmp_path / "models" / "abmil" / "fold_0" / "attention.h5"
-    from ghanet_workflow.fold import write_attention_h5
+    from ghanet_workflow.interpret import write_attention_h5
 
     write_attention_h5(empty, "abmil", 0, [], [])
     assert report.write_attention_figure([empty], tmp_path / "none.png", report.resolve_options({}))[

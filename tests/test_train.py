@@ -13,7 +13,10 @@ import torch
 
 from ghanet_workflow import fold as fold_module
 from ghanet_workflow.errors import InputError
-from ghanet_workflow.fold import predict_new, run_fold
+from ghanet_workflow import interpret
+from ghanet_workflow import metrics as metrics_module
+from ghanet_workflow.fold import run_fold
+from ghanet_workflow.model_io import load_fold_model
 from ghanet_workflow.train import (
     CHECKPOINT_NAME,
     LOG_COLUMNS,
@@ -325,9 +328,14 @@ def test_run_fold_writes_every_output_and_keeps_the_test_split_out_of_training(t
         "--out-dir",
         str(out),
         "--options",
-        json.dumps(FOLD_OPTIONS),
+        json.dumps({k: v for k, v in FOLD_OPTIONS.items() if k != "evaluation"}),
+        json.dumps({"training": {"device": "cpu"}}),
     ]
     assert fold_module.main(argv) == 0
+    evaluation = json.dumps(FOLD_OPTIONS["evaluation"])
+    assert metrics_module.main(["--model-dir", str(out), "--out", str(out / "metrics.json"), "--options", evaluation]) == 0
+    assert interpret.main(["--cohort-dir", str(folder / "cohort"), "--fold-csv", str(folder / "fold_0.csv"),
+                           "--model-dir", str(out)]) == 0  # fmt: skip
     for name in (
         "preprocessing.json",
         "selected_genes.csv",
@@ -336,6 +344,9 @@ def test_run_fold_writes_every_output_and_keeps_the_test_split_out_of_training(t
         LOG_NAME,
         "predictions.csv",
         "metrics.json",
+        "train_info.json",
+        "reconstruction.csv",
+        "attention.h5",
     ):
         assert (out / name).is_file(), name
     predictions = pd.read_csv(out / "predictions.csv")
@@ -383,49 +394,7 @@ def test_snn_baseline_runs_through_the_same_harness(tmp_path, cohort):
     assert metrics["model"] == "snn" and 0 <= metrics["cindex"] <= 1
     assert len(pd.read_csv(tmp_path / "predictions.csv")) == 30
     with pytest.raises(InputError, match="needs genomics"):
-        predict_new([tmp_path], {"new": np.zeros((3, IN_DIM))})
-
-
-def test_predict_new_averages_fold_models_from_slides_alone(tmp_path, cohort):
-    folder, _ = cohort
-    dirs = [tmp_path / f"fold_{k}" for k in range(2)]
-    for k, out in enumerate(dirs):
-        run_fold(folder / "cohort", folder / f"fold_{k}.csv", "ghanet", out, FOLD_OPTIONS)
-    rng = np.random.default_rng(5)
-    new = {"low": rng.normal(size=(30, IN_DIM)), "high": rng.normal(size=(7, IN_DIM)) + 2}
-    table = predict_new(dirs, new)
-    assert table["case_id"].tolist() == ["low", "high"]
-    per_fold = table[["risk_fold_0", "risk_fold_1"]].to_numpy()
-    np.testing.assert_allclose(table["risk_mean"], per_fold.mean(axis=1))
-    np.testing.assert_allclose(table["risk_std"], per_fold.std(axis=1, ddof=1))
-    assert set(table["risk_group"]) <= {"high", "low"} and table["high_fraction"].between(0, 1).all()
-    with pytest.raises(InputError, match="do not fit"):
-        predict_new(dirs, {"wrong_dim": np.zeros((4, IN_DIM + 1))})
-
-    slides = pd.DataFrame(
-        {
-            "case_id": ["p1", "p1"],
-            "features_path": [
-                str(next((folder / "features").glob("*DX0.h5"))),
-                str(next((folder / "features").glob("*DX1.h5"))),
-            ],
-        }
-    )
-    slides.to_csv(tmp_path / "new_slides.csv", index=False)
-    assert (
-        fold_module.predict_main(
-            [
-                "--model-dirs",
-                *map(str, dirs),
-                "--slides",
-                str(tmp_path / "new_slides.csv"),
-                "--out",
-                str(tmp_path / "risk.csv"),
-            ]
-        )
-        == 0
-    )
-    assert pd.read_csv(tmp_path / "risk.csv")["case_id"].tolist() == ["p1"]
+        load_fold_model(tmp_path)
 
 
 def test_a_fold_with_an_unknown_patient_is_rejected(tmp_path, cohort):

@@ -18,10 +18,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("ghanet_workflow.features", "patch features for one or more slides"),
     "cohort": ("ghanet_workflow.cohort", "validate the clinical/genomic table, pool slides per patient"),
     "splits": ("ghanet_workflow.splits", "patient-level k-fold splits (+ inner validation)"),
-    "train": ("ghanet_workflow.fold", "preprocess, train and predict one fold of one model"),
+    "train": ("ghanet_workflow.fold", "preprocess, train and predict one fold of one model (GPU job)"),
+    "evaluate": ("ghanet_workflow.metrics", "survival metrics of one trained fold's predictions"),
+    "interpret": ("ghanet_workflow.interpret", "gene reconstruction and attention on one fold's test patients"),
     "predict": ("ghanet_workflow.predict", "WSI-only risk for new patients from the trained fold models"),
-    "evaluate": ("ghanet_workflow.metrics", "survival metrics of one fold's predictions"),
     "report": ("ghanet_workflow.report", "aggregate folds into report tables"),
+    "slurm-profile": ("ghanet_workflow.slurm_profile", "write the site's SLURM profile (snakemake --profile slurm)"),
 }
 
 

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from . import __version__
-from .atomic import atomic_path
+from .atomic import atomic_path, write_text
 from .options import parse_options
 from .encoders import EncoderSpec, check_sha256, get_spec, load_encoder, resolve_weights
 from .errors import InputError
@@ -740,7 +740,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--external", nargs="+", help="CLAM/TRIDENT feature files (.h5/.pt) to import instead")
     parser.add_argument("--coords", nargs="+", help="tiling HDF5 per slide (same order as --slides)")
     parser.add_argument("--out", nargs="+", required=True, help="output features HDF5 per slide")
-    parser.add_argument("--options", help="config 'features' section as JSON (or a JSON file)")
+    parser.add_argument("--options", nargs="+", help="config 'features' section as JSON (or a JSON file); several are merged")
+    parser.add_argument("--manifest", help="chunk manifest to write once every slide is done (see write_manifest)")
     return parser
 
 
@@ -764,4 +765,23 @@ def main(argv: list[str]) -> int:
             f"{result['n_bad_patches']} bad{' (up to date)' if result['skipped'] else ''} {result['reason']}"
         )
     print(f"{len(results)} slides in {time.perf_counter() - started:.1f} s")
+    if args.manifest:
+        write_manifest(args.manifest, args.out, args.coords or [])
     return 0
+
+
+MANIFEST_COLUMNS = ("features_path", "features_bytes", "coords_path", "coords_bytes")
+
+
+def write_manifest(path: str | Path, feature_paths: Sequence[str], coords_paths: Sequence[str]) -> None:
+    """A chunk's manifest (TSV, MANIFEST_COLUMNS): each per-slide file it made and its size.
+
+    The workflow reads the sizes back at the next DAG parse (ghanet_workflow.slide_files): a file
+    deleted or truncated since makes that slide's jobs run again.
+    """
+    coords_paths = list(coords_paths) or [""] * len(feature_paths)
+    rows = ["\t".join(MANIFEST_COLUMNS)]
+    for features_path, coords_path in zip(feature_paths, coords_paths):
+        coords_bytes = str(os.path.getsize(coords_path)) if coords_path else ""
+        rows.append(f"{features_path}\t{os.path.getsize(features_path)}\t{coords_path}\t{coords_bytes}")
+    write_text(path, "\n".join(rows) + "\n")

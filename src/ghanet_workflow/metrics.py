@@ -19,6 +19,7 @@ metrics.json (strict JSON, :func:`ghanet_workflow.atomic.write_json`) NaN is wri
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 from pathlib import Path
@@ -378,17 +379,34 @@ def evaluate_file(predictions_path: str | Path, preprocessing_path: str | Path, 
     return evaluate_predictions(test, train, bin_edges, options)
 
 
+def evaluate_fold(model_dir: str | Path, out: str | Path, options: Mapping | None = None) -> dict:
+    """metrics.json of one trained fold: the metrics of ``model_dir``'s predictions.csv (bins from
+    its preprocessing.json) with the training job's train_info.json (model, fold, selected epoch,
+    where it ran) merged in. Returns the metrics without the provenance."""
+    model_dir = Path(model_dir)
+    options = parse_options(json.dumps(dict(options or {})), DEFAULTS, "evaluation")
+    metrics = evaluate_file(model_dir / "predictions.csv", model_dir / "preprocessing.json", options)
+    info_path = model_dir / "train_info.json"
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"cannot read {info_path} ({exc}); rerun the fold's training job") from exc
+    runtime = info.pop("runtime", None)
+    metrics = {**metrics, **info}
+    write_json(out, {**metrics, "runtime": runtime})
+    return metrics
+
+
 def main(argv: list[str]) -> int:
-    """``ghanet-wf evaluate --predictions CSV --preprocessing JSON --out JSON [--options JSON]``."""
+    """``ghanet-wf evaluate --model-dir D --out JSON [--options JSON]``."""
     parser = argparse.ArgumentParser(prog="ghanet-wf evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--predictions", required=True, help="predictions.csv of one fold")
-    parser.add_argument("--preprocessing", required=True, help="preprocessing.json of the same fold")
+    parser.add_argument(
+        "--model-dir", required=True, help="the fold's training outputs (predictions.csv, preprocessing.json, train_info.json)"
+    )
     parser.add_argument("--out", required=True, help="metrics.json to write")
     parser.add_argument("--options", help="JSON object (or file) with the options of DEFAULTS")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    options = parse_options(args.options, DEFAULTS, "evaluation")
-    metrics = evaluate_file(args.predictions, args.preprocessing, options)
-    write_json(args.out, metrics)
-    log.info("C-index %.3f (%d patients, %d events)", metrics["cindex"], metrics["n_patients"], metrics["n_events"])
+    metrics = evaluate_fold(args.model_dir, args.out, parse_options(args.options, DEFAULTS, "evaluation"))
+    log.info("C-index %s (%d patients, %d events)", metrics["cindex"], metrics["n_patients"], metrics["n_events"])
     return 0

@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from ghanet_workflow.errors import InputError
 
 
-def parse_options(text: str | None, defaults: Mapping | None = None, what: str = "options") -> dict:
+def parse_options(
+    text: str | Sequence[str] | None, defaults: Mapping | None = None, what: str = "options"
+) -> dict:
     """Parse ``--options`` (JSON object text, or the path of a JSON file holding one).
 
-    With ``defaults``, unknown keys are rejected (a typo in the config must not be silently
-    ignored) and the result is ``defaults`` updated with the given keys.
+    Several texts (``--options A B``) are merged in order, sections one level deep: the workflow
+    passes what changes a job's outputs (the rule's params) and the settings that only change how
+    it runs (batch size, workers, device: kept out of params so that changing them reruns
+    nothing) as two objects. With ``defaults``, unknown keys are rejected (a typo in the config
+    must not be silently ignored) and the result is ``defaults`` updated with the given keys.
     """
+    if text is not None and not isinstance(text, str):
+        merged: dict = {}
+        for part in text:
+            for key, value in parse_options(part, None, what).items():
+                both_dicts = isinstance(value, dict) and isinstance(merged.get(key), dict)
+                merged[key] = {**merged[key], **value} if both_dicts else value
+        return parse_options(json.dumps(merged), defaults, what)
     given: dict = {}
     if text:
         source = text if text.lstrip().startswith("{") else _read_file(text, what)

@@ -33,7 +33,7 @@ from .atomic import write_csv
 from .cohort import slide_key
 from . import slide_table
 from .errors import InputError
-from .fold import check_feature_dim, load_fold_model
+from .model_io import check_feature_dim, load_fold_model
 from .options import parse_options
 from .slide_table import fold_model_dirs
 from .train import Case, predict, resolve_device
@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--model-dirs", nargs="+", help="fold folders holding model.pt")
     parser.add_argument("--model", default=DEFAULTS["model"], help="model name under <models-from>/models/")
     parser.add_argument("--out", required=True, help="output CSV, one row per patient (risks.csv)")
-    parser.add_argument("--options", help=f"JSON object (or file) with {list(RUN_OPTIONS)}")
+    parser.add_argument("--options", nargs="+", help=f"JSON objects (or files) with {list(RUN_OPTIONS)}; merged in order")
     return parser
 
 

@@ -22,6 +22,7 @@ import html
 import json
 import math
 import re
+import shutil
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -1209,6 +1210,9 @@ def cohort_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target-mpp", type=float, help="target µm/px named in the QC summary")
     parser.add_argument("--out-dir", type=Path, help="report folder (default: <results-dir>/report)")
     parser.add_argument("--options", help="JSON object of report options (config section 'report')")
+    parser.add_argument(
+        "--replaces", type=Path, help="partial report of an earlier failed run: removed once this report is written"
+    )
     return parser
 
 
@@ -1311,7 +1315,10 @@ def main(argv: list[str]) -> int:
             )
             written = [out / f"paper_table.{ext}" for ext in ("md", "tex", "csv", "html")]
         else:
-            written = run_cohort_report(cohort_parser().parse_args(argv))
+            args = cohort_parser().parse_args(argv)
+            written = run_cohort_report(args)
+            if args.replaces is not None:
+                shutil.rmtree(args.replaces, ignore_errors=True)
     except InputError as exc:
         print(f"ghanet-wf report: error: {exc}", file=sys.stderr)
         return 2
