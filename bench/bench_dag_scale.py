@@ -1,21 +1,24 @@
-"""Benchmark: dry run (`snakemake -n`) of a 10,000-slide cohort through the SLURM profile.
+"""Benchmark: dry run (`snakemake -n`) of a 10,000-slide cohort through the SLURM profiles.
 
 Builds a synthetic cohort under ``bench/out/dag_scale/`` (rebuilt each run): an MCAT-style
 clinical table of 5,000 patients with 2 slides each and a few gene columns from
 ``data/tcga/signatures.csv``, one empty placeholder file per slide (a dry run never opens them),
-and a config overlay with 5 folds and 3 models (ghanet, abmil, snn). Then, pinned to one CPU, it
-times ``snakemake -n --profile profiles/slurm`` with the profile's grouping on, and again with a
-copy of the profile whose ``groups``/``group-components`` are removed, and prints the seconds and
-the number of SLURM jobs each would submit. A third, ``--quiet`` dry run (grouping on) times the
-DAG alone, without printing the 10,000+ job descriptions. Wall seconds depend on what else runs on
-the machine; CPU seconds (user + sys of the dry run) are the fair "one core" figure.
+and a config with 5 folds and 3 models (ghanet, abmil, snn). Then, pinned to one CPU, it
+times ``snakemake -n --profile slurm`` (the site profile written by ``ghanet-wf slurm-profile``
+into a scratch XDG_CONFIG_HOME, the workflow profile profiles/default with its grouping), again
+with a copy of the workflow profile whose ``groups``/``group-components`` are removed, and prints
+the seconds and the number of SLURM jobs each would submit. A third, ``--quiet`` dry run (grouping
+on) times the DAG alone, without printing the 10,000+ job descriptions. With ``--baseline REV``
+the same quiet dry run is timed on a git worktree of an earlier commit (its own profiles) in the
+same run, and the ratio printed. Wall seconds depend on what else runs on the machine; CPU seconds
+(user + sys of the dry run) are the fair "one core" figure.
 
 Counting: the dry run prints each job it would hand to the executor. A group job is printed once
 as ``Group job <name> ...`` with its member rules indented under it; every other job is printed as
 an unindented ``rule <name>:`` block. Submitted jobs = group jobs + unindented rule blocks, minus
 the target rule ``all`` (it has no command and never leaves the submit host).
 
-Not a test: ``python bench/bench_dag_scale.py [--slides 10000 --patients 5000]``.
+Not a test: ``python bench/bench_dag_scale.py [--slides 10000 --patients 5000] [--baseline 12bf727]``.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out" / "dag_scale"
-SLURM_PROFILE = ROOT / "profiles" / "slurm"
+WORKFLOW_PROFILE = ROOT / "profiles" / "default"
 SIGNATURES = ROOT / "data" / "tcga" / "signatures.csv"
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 MODELS = ["ghanet", "abmil", "snn"]
@@ -86,41 +89,55 @@ def clinical_table(n_patients: int, n_slides: int, seed: int = 0) -> pd.DataFram
 
 
 def write_cohort(out: Path, n_patients: int, n_slides: int) -> Path:
-    """Clinical csv + placeholder slides + config overlay under ``out``; returns the overlay's path."""
+    """Clinical csv + placeholder slides + config under ``out``; returns the config's path."""
     slides = out / "slides"
     slides.mkdir(parents=True, exist_ok=True)
     table = clinical_table(n_patients, n_slides)
     table.to_csv(out / "clinical.csv", index=False)
     for slide_id in table["slide_id"]:
         (slides / slide_id).touch()
-    overlay = {
-        "cohort": f"synthetic_{n_slides}",
-        "clinical": str(out / "clinical.csv"),
-        "signatures": str(SIGNATURES),
-        "slides": {"dir": str(slides), "table": None},
-        "splits": {"k": FOLDS},
-        "training": {"models": MODELS},
-    }
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config.update(
+        cohort=f"synthetic_{n_slides}",
+        clinical=str(out / "clinical.csv"),
+        signatures=str(SIGNATURES),
+        slides={"dir": str(slides), "table": None},
+    )
+    config["splits"]["k"] = FOLDS
+    config["training"]["models"] = MODELS
     path = out / "cohort.yaml"
-    path.write_text(yaml.safe_dump(overlay, sort_keys=False))
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
-def prepare_workdir(out: Path) -> None:
-    """The working directory of the dry runs: the workflow's default config sits in config/."""
-    (out / "config").mkdir(parents=True, exist_ok=True)
-    shutil.copy(ROOT / "config" / "config.yaml", out / "config" / "config.yaml")
+def install_site_profile(out: Path) -> Path:
+    """XDG_CONFIG_HOME holding the site profile `slurm`, as `ghanet-wf slurm-profile` writes it."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from ghanet_workflow.slurm_profile import profile_text
+
+    home = out / "xdg"
+    (home / "snakemake" / "slurm").mkdir(parents=True, exist_ok=True)
+    (home / "snakemake" / "slurm" / "config.yaml").write_text(profile_text("bench", "batch"))
+    return home
 
 
 def ungrouped_profile(out: Path) -> Path:
-    """A copy of profiles/slurm without job grouping."""
-    profile = yaml.safe_load((SLURM_PROFILE / "config.yaml").read_text())
+    """A copy of the workflow profile without job grouping."""
+    profile = yaml.safe_load((WORKFLOW_PROFILE / "config.yaml").read_text())
     profile.pop("groups", None)
     profile.pop("group-components", None)
     folder = out / "profile-ungrouped"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
     return folder
+
+
+def baseline_worktree(out: Path, rev: str) -> Path:
+    """A git worktree of ``rev`` under ``out`` (removed and made again each run)."""
+    tree = out / f"baseline-{rev}"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev], check=True, capture_output=True)
+    return tree
 
 
 def pin_to_one_cpu() -> None:
@@ -143,16 +160,14 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def dry_run(workdir: Path, profile: Path, overlay: Path, *extra: str) -> DryRun:
-    """Time ``snakemake -n`` with ``profile`` on one CPU and count what it would submit."""
-    command = [
-        str(SNAKEMAKE), "-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-        "--profile", str(profile), "--configfile", str(overlay), *extra,
-    ]  # fmt: skip
+def dry_run(workdir: Path, args: list[str], snakefile: Path = ROOT / "Snakefile", env: dict | None = None) -> DryRun:
+    """Time ``snakemake -n ARGS`` on one CPU and count what it would submit."""
+    command = [str(SNAKEMAKE), "-n", "--snakefile", str(snakefile), "--directory", str(workdir), *args]
     cpu_before, started = children_cpu_seconds(), time.perf_counter()
     result = subprocess.run(
-        command, cwd=workdir, capture_output=True, text=True, preexec_fn=pin_to_one_cpu, stdin=subprocess.DEVNULL
-    )
+        command, cwd=workdir, capture_output=True, text=True, preexec_fn=pin_to_one_cpu, stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
     seconds, cpu_seconds = time.perf_counter() - started, children_cpu_seconds() - cpu_before
     if result.returncode != 0:
         raise SystemExit(f"dry run failed (exit {result.returncode}):\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
@@ -173,7 +188,7 @@ def print_comparison(grouped: DryRun, ungrouped: DryRun, quiet: DryRun, n_slides
     for name, run, submitted, group_jobs in rows:
         print(f"{name:<36}{run.seconds:>10.1f}{run.cpu_seconds:>10.1f}{submitted:>12}{group_jobs:>12}")
     print(f"grouping submits {ungrouped.submitted / grouped.submitted:.1f}x fewer SLURM jobs "
-          f"({ungrouped.submitted} -> {grouped.submitted}); target: dry run < 60 s on one CPU")  # fmt: skip
+          f"({ungrouped.submitted} -> {grouped.submitted}); target: dry run < 25 s CPU on one CPU")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,14 +196,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slides", type=int, default=10_000, help="slides in the synthetic cohort")
     parser.add_argument("--patients", type=int, default=5_000, help="patients (slides are spread evenly)")
     parser.add_argument("--out", type=Path, default=OUT, help="scratch folder (rebuilt each run)")
+    parser.add_argument("--baseline", metavar="REV", help="also time the quiet dry run of this earlier commit")
     args = parser.parse_args(argv)
     shutil.rmtree(args.out, ignore_errors=True)
-    overlay = write_cohort(args.out, args.patients, args.slides)
-    prepare_workdir(args.out)
-    grouped = dry_run(args.out, SLURM_PROFILE, overlay)
-    ungrouped = dry_run(args.out, ungrouped_profile(args.out), overlay)
-    quiet = dry_run(args.out, SLURM_PROFILE, overlay, "--quiet")
+    config = write_cohort(args.out, args.patients, args.slides)
+    site = {"XDG_CONFIG_HOME": str(install_site_profile(args.out))}
+    common = ["--profile", "slurm", "--configfile", str(config)]
+    grouped = dry_run(args.out, common, env=site)
+    ungrouped = dry_run(args.out, [*common, "--workflow-profile", str(ungrouped_profile(args.out))], env=site)
+    quiet = dry_run(args.out, [*common, "--quiet"], env=site)
     print_comparison(grouped, ungrouped, quiet, args.slides, args.patients)
+    if args.baseline:
+        tree = baseline_worktree(args.out, args.baseline)
+        (args.out / "config").mkdir(exist_ok=True)  # older Snakefiles read config/config.yaml first
+        shutil.copy(tree / "config" / "config.yaml", args.out / "config" / "config.yaml")
+        old = dry_run(args.out, ["--profile", str(tree / "profiles" / "slurm"), "--configfile", str(config), "--quiet"],
+                      snakefile=tree / "Snakefile", env={"PYTHONPATH": str(tree / "src")})  # fmt: skip
+        print(f"{'-n --quiet at ' + args.baseline:<36}{old.seconds:>10.1f}{old.cpu_seconds:>10.1f}")
+        print(f"quiet dry run: {old.cpu_seconds / quiet.cpu_seconds:.2f}x less CPU than {args.baseline}")
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
     return 0
 
 

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SNAKEMAKE = str(BIN / "snakemake")
 #: the README's run command, on the 2 cores of the CI machine
-DEMO_COMMAND = [SNAKEMAKE, "--cores", "2", "--profile", "profiles/local"]
+DEMO_COMMAND = [SNAKEMAKE, "--cores", "2"]
 #: wall-clock limit of the demo run (the full demo takes about 10 minutes on 2 cores)
 DEMO_TIMEOUT_S = 1800
 
@@ -46,7 +46,7 @@ def copy_repo(dest: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> Path:
-    """Work folder of a finished ``snakemake --cores 2 --profile profiles/local`` demo run (once per session)."""
+    """Work folder of a finished ``snakemake --cores 2`` demo run (workflow profile profiles/default) (once per session)."""
     if "demo" not in _RUNS:
         work = copy_repo(tmp_path_factory.mktemp("demo_run") / "wf")
         _RUNS["demo"] = (work, run(DEMO_COMMAND, work, timeout=DEMO_TIMEOUT_S))

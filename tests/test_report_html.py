@@ -156,7 +156,7 @@ def test_the_report_renders_in_headless_chromium(html_report, tmp_path, view):
 def test_changing_a_table_option_reruns_only_the_report(demo_run, tmp_path):  # noqa: F811
     overlay = tmp_path / "decimals.yaml"
     overlay.write_text("report:\n  decimals: 2\n")
-    dry = run([SNAKEMAKE, "-n", "--profile", "profiles/local", "--configfile", "config/config.yaml", str(overlay)], demo_run)
+    dry = run([SNAKEMAKE, "-n", "--configfile", "config/config.yaml", str(overlay)], demo_run)
     assert dry.returncode == 0, dry.stderr[-3000:]
     stats = re.search(r"Job stats:\njob\s+count\n-+\s+-+\n(.*?)\ntotal", dry.stdout + dry.stderr, re.S)
     assert stats, dry.stdout[-3000:]

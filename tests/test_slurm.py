@@ -1,7 +1,9 @@
 """The SLURM profile against a real SLURM (tools/slurm-cluster.sh), on a tiny stand-in workflow.
 
-tests/slurm/Snakefile has the real workflow's rule names, so profiles/slurm applies unchanged
-(GPU requests, slide grouping); tests/slurm/profile-ci only points it at the test cluster.
+tests/slurm/Snakefile has the real workflow's rule names and GPU requests, so the workflow profile
+(profiles/default: slide grouping, resource scopes) applies unchanged; the site profile is the one
+`ghanet-wf slurm-profile` installs (slurm.fixtures), and the command is the user's,
+`snakemake --profile slurm`.
 One full run is shared; the kill/resume and keep-going tests continue from copies of it.
 """
 
@@ -30,13 +32,14 @@ from slurm.fixtures import (  # noqa: F401  (slurm_cluster is a fixture)
 pytestmark = pytest.mark.slurm
 
 WORKFLOW = Path(__file__).parent / "slurm"
+REPO = Path(__file__).resolve().parents[1]
 FOLDS = ["0", "1"]
 SLIDES = ["s1", "s2"]
 EPOCHS = 4  # the Snakefile's default; 3 s each
 
 
 def snakemake_args(cluster: SlurmCluster, *extra: str) -> list[str]:
-    """The user's command (`snakemake --profile profiles/slurm`) with the CI override on top."""
+    """The user's command, `snakemake --profile slurm` (no retries in CI), on the stand-in workflow."""
     return ["--snakefile", "Snakefile", *cluster.profile_args(), "--executor", "slurm", *extra]
 
 
@@ -64,6 +67,7 @@ def full_run(slurm_cluster: SlurmCluster, tmp_path_factory) -> tuple[Path, Snake
     workdir = tmp_path_factory.mktemp("full")
     shutil.copy(WORKFLOW / "Snakefile", workdir)
     shutil.copy(WORKFLOW / "train_stub.py", workdir)
+    shutil.copytree(REPO / "profiles" / "default", workdir / "profiles" / "default")  # the workflow profile
     return workdir, run_snakemake(workdir, snakemake_args(slurm_cluster), timeout_s=600)
 
 

@@ -1,8 +1,9 @@
 """The REAL workflow (demo cohort) through a real single-node SLURM, as users run it.
 
-A scratch copy of the repository runs `snakemake --profile profiles/slurm` with the CI overrides
-stacked on top (tests/slurm/profile-ci: test partition/account and fast status checks;
-tests/slurm/profile-ci-demo: 4 epochs, a narrower model, smaller synthetic slides). The copy's
+A scratch copy of the repository runs the user's command, `snakemake --profile slurm`, with the
+site profile that `ghanet-wf slurm-profile` installed (slurm.fixtures: test partition/account, 2
+CPUs, fast status checks) and the workflow profile profiles/default; the copy's config/config.yaml
+has tests/slurm/demo-ci.yaml merged in (4 epochs, a narrower model, smaller synthetic slides). The copy's
 demo cohort gets one more slide, `unreadable.svs` (OpenSlide's own corrupt-tile fixture: it opens,
 its pixels do not decode), next to the demo's `broken.svs` (not a slide at all).
 
@@ -43,12 +44,13 @@ from slurm.fixtures import (  # noqa: F401  (slurm_cluster is a fixture)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-CI_DEMO_PROFILE = REPO / "tests" / "slurm" / "profile-ci-demo"
-EPOCHS = yaml.safe_load((CI_DEMO_PROFILE / "demo-ci.yaml").read_text())["training"]["epochs"]
+CI_DEMO_CONFIG = REPO / "tests" / "slurm" / "demo-ci.yaml"
+EPOCHS = yaml.safe_load(CI_DEMO_CONFIG.read_text())["training"]["epochs"]
 COHORT = "demo_blca"
 MODEL = "ghanet"
 FOLDS = range(5)
 KILLED_FOLD = 2
+FOLD_RULES = ("train_fold", "evaluate_fold", "interpret_fold")
 RETRAINED_FOLD = 4  # retrained from scratch next to the killed fold: keep-going must finish it
 BAD_SLIDE = "unreadable.svs"
 BAD_SLIDE_FILE = "tests/data/slides/unreadable.svs"
@@ -57,17 +59,21 @@ BAD_SLIDE_CASE_OF = "CMU-1-Small-Region.svs"  # the extra slide joins this slide
 NOT_COPIED = {"results", "logs", ".snakemake", ".git", ".venv", ".pytest_cache", "test-artifacts", "__pycache__"}
 #: workflow commands (`python -m ghanet_workflow.cli <subcommand>`) of the demo run, with the
 #: demo's 40 synthetic slides, 43 slide files + unreadable.svs, 3 feature chunks and 5 folds
-EXPECTED_COMMANDS = {"demo-slide": 40, "tile": 44, "extract": 3, "cohort": 1, "splits": 1, "train": 5, "report": 2}
+EXPECTED_COMMANDS = {
+    **{"demo-slide": 40, "tile": 44, "extract": 3, "cohort": 1, "splits": 1},
+    **{"train": 5, "evaluate": 5, "interpret": 5, "report": 2},
+}
 GPU_COMMANDS = {"extract", "train"}
 #: the sbatch comment of each SLURM job the run submits: tiling in 2 group jobs (44 slides, up to
-#: 30 per group job), extraction in 3 chunks of 16 slides, one job per fold
+#: 30 per group job), extraction in 3 chunks of 16 slides, three jobs per fold (train on a GPU,
+#: evaluate and interpret on CPUs)
 EXPECTED_JOBS = Counter(
     {
         "rule_tiles_demo_slide_tile_slide": 2,
         **{f"rule_extract_features_wildcards_efficientnet_lite0_chunk{i:04d}": 1 for i in range(3)},
         "rule_build_cohort": 1,
         "rule_make_splits": 1,
-        **{f"rule_train_fold_wildcards_{MODEL}_{fold}": 1 for fold in FOLDS},
+        **{f"rule_{rule}_wildcards_{MODEL}_{fold}": 1 for fold in FOLDS for rule in FOLD_RULES},
         "rule_report": 1,
         "rule_paper_table": 1,
     }
@@ -141,8 +147,17 @@ def read_trace(path: Path) -> list[TracedCommand]:
 
 
 def demo_args(cluster: SlurmCluster, *extra: str) -> list[str]:
-    """`snakemake --profile profiles/slurm` with the CI overrides stacked on top."""
-    return [*cluster.profile_args(), "--profile", str(CI_DEMO_PROFILE), *extra]
+    """The user's command, `snakemake --profile slurm` (no retries in CI)."""
+    return [*cluster.profile_args(), *extra]
+
+
+def shorten_demo(workdir: Path) -> None:
+    """Merge tests/slurm/demo-ci.yaml into the copy's config/config.yaml, section by section."""
+    config_file = workdir / "config" / "config.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    for section, values in yaml.safe_load(CI_DEMO_CONFIG.read_text()).items():
+        config[section] = {**config.get(section, {}), **values}
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +166,7 @@ def demo_run(slurm_cluster: SlurmCluster, tmp_path_factory) -> DemoRun:
     scratch = tmp_path_factory.mktemp("workflow")
     workdir = copy_repository(scratch / "repo")
     add_unreadable_slide(workdir)
+    shorten_demo(workdir)
     trace = scratch / "commands.tsv"
     bash_env = scratch / "trace.sh"
     bash_env.write_text(TRACE_SCRIPT.format(trace=trace))
@@ -326,7 +342,11 @@ def test_cancelled_fold_resumes_from_its_checkpoint_and_ends_as_the_uninterrupte
     rerun = run_snakemake(workdir, args, timeout_s=900, log_name="rerun.out")
 
     assert rerun.returncode == 0, rerun.output[-5000:]
-    assert {job.comment for job in sacct_jobs(rerun.run_id)} == {comment, "rule_report", "rule_paper_table"}
+    assert {job.comment for job in sacct_jobs(rerun.run_id)} == {
+        *(f"rule_{rule}_wildcards_{MODEL}_{KILLED_FOLD}" for rule in FOLD_RULES),
+        "rule_report",
+        "rule_paper_table",
+    }
     train_log = (workdir / "logs" / COHORT / "train_fold" / f"{MODEL}_fold_{KILLED_FOLD}.log").read_text()
     assert f"resuming {MODEL} from epoch {epochs_done}" in train_log, train_log
     trained = [int(epoch) for epoch in re.findall(r"epoch (\d+): total", train_log)]

@@ -119,7 +119,10 @@ def test_a_failed_fold_leaves_a_partial_report_and_a_rerun_retries_only_that_fol
     fold_csv.write_text(good)
     rerun = run(DEMO_COMMAND, work, timeout=900)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert job_counts(rerun.stdout + rerun.stderr) == {"train_fold": 1, "report": 1, "paper_table": 1, "all": 1, "total": 4}
+    assert job_counts(rerun.stdout + rerun.stderr) == {
+        **{"train_fold": 1, "evaluate_fold": 1, "interpret_fold": 1},
+        **{"report": 1, "paper_table": 1, "all": 1, "total": 6},
+    }
     assert kept == {p: p.stat().st_mtime_ns for p in kept}
     assert "Incomplete" not in (results / "report" / "cindex.md").read_text()
     assert not partial.exists()  # the complete report replaced the partial one
@@ -201,12 +204,12 @@ def test_predict_slide_table_with_a_slide_twice_names_the_table_and_slide(tmp_pa
     assert f"{table}: slide_id(s) ['CMU-1-Small-Region.svs'] listed twice" in output
 
 
-def test_slurm_profile_sets_a_constant_disk_mb():
+def test_every_job_declares_a_constant_disk_mb():
     """Without it Snakemake sizes every job's inputs for its default disk_mb (a third of a large dry run)."""
-    import yaml
-
-    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
-    assert isinstance(profile["default-resources"]["disk_mb"], int)
+    result = run([SNAKEMAKE, "-n", "--forceall"], REPO)
+    assert result.returncode == 0, result.stderr
+    jobs = [block for block in result.stdout.split("\nrule ")[1:] if not block.startswith("all:")]
+    assert jobs and all("disk_mb=1000," in block for block in jobs), [b[:300] for b in jobs if "disk_mb=1000," not in b]
 
 
 def test_predict_without_a_slide_table_names_the_key():

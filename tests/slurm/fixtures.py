@@ -32,9 +32,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPT = REPO / "tools" / "slurm-cluster.sh"
-SLURM_PROFILE = REPO / "profiles" / "slurm"
-CI_PROFILE = REPO / "tests" / "slurm" / "profile-ci"
 BIN = Path(sys.executable).parent
+#: what the test cluster needs on top of the installed site profile (2 CPUs, fast status checks)
+CI_SITE_SETTINGS = {
+    "cores": 2,
+    # First status check after 2 s instead of 40 s; the plugin then waits 10 s longer after each
+    # check that finds no finished job (it derives the interval from this value).
+    "slurm-init-seconds-before-status-checks": 2,
+}
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "COMPLETING"}
 
 
@@ -46,10 +51,27 @@ class SlurmCluster:
     partition: str
     startup_seconds: float
     startup_log: str
+    config_home: Path  #: XDG_CONFIG_HOME of the Snakemake runs: holds snakemake/slurm/config.yaml
 
     def profile_args(self) -> list[str]:
-        """Snakemake arguments: the shipped SLURM profile with the CI override on top."""
-        return ["--profile", str(SLURM_PROFILE), "--profile", str(CI_PROFILE)]
+        """The user's command, `snakemake --profile slurm`, without retries (a CI failure must show)."""
+        return ["--profile", "slurm", "--retries", "0"]
+
+
+def install_site_profile(config_home: Path, account: str, partition: str) -> Path:
+    """The README's install step, `ghanet-wf slurm-profile --account A --partition P`, with
+    XDG_CONFIG_HOME=config_home; then the test cluster's settings, as a site would edit its copy."""
+    import yaml
+
+    env = dict(os.environ, XDG_CONFIG_HOME=str(config_home))
+    command = [str(BIN / "ghanet-wf"), "slurm-profile", "--account", account, "--partition", partition]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        pytest.fail(f"ghanet-wf slurm-profile failed:\n{done.stdout}{done.stderr}")
+    profile = config_home / "snakemake" / "slurm" / "config.yaml"
+    settings = yaml.safe_load(profile.read_text())
+    profile.write_text(yaml.safe_dump({**settings, **CI_SITE_SETTINGS}, sort_keys=False))
+    return profile
 
 
 @dataclass(frozen=True)
@@ -87,7 +109,7 @@ def _cluster_is_running() -> bool:
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster() -> Iterator[SlurmCluster]:
+def slurm_cluster(tmp_path_factory) -> Iterator[SlurmCluster]:
     """Start the single-node SLURM cluster for the session; stop it afterwards if we started it."""
     reason = cannot_run_reason()
     if reason is not None:
@@ -101,11 +123,16 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     )
     if start.returncode != 0:
         pytest.fail(f"tools/slurm-cluster.sh start failed (exit {start.returncode}):\n{start.stdout}{start.stderr}")
+    account = os.environ.get("GHANET_SLURM_ACCOUNT", "ci")
+    config_home = tmp_path_factory.mktemp("xdg_config")
+    install_site_profile(config_home, account, "debug")
+    os.environ["XDG_CONFIG_HOME"] = str(config_home)  # every Snakemake of the session finds `slurm` there
     yield SlurmCluster(
-        account=os.environ.get("GHANET_SLURM_ACCOUNT", "ci"),
+        account=account,
         partition="debug",
         startup_seconds=time.monotonic() - started,
         startup_log=start.stderr,
+        config_home=config_home,
     )
     if not was_running:
         subprocess.run([str(CLUSTER_SCRIPT), "stop"], capture_output=True, stdin=subprocess.DEVNULL, timeout=300)
@@ -113,7 +140,7 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
 
 def snakemake_env() -> dict[str, str]:
     """Environment for Snakemake and its jobs: this venv first on PATH, no inherited SLURM job."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")}
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")}  # XDG_CONFIG_HOME kept
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["HF_HUB_OFFLINE"] = "1"
     return env

@@ -15,12 +15,14 @@ rule build_cohort:
         f"{LOGS}/build_cohort.log",
     conda:
         "../../envs/report.yaml"
+    resources:
+        **SMALL_JOB,
     params:
         features=feature_files(),
         out_dir=parent_dir("patients"),
         options=json.dumps({"filters": config["filters"]}),
     shell:
-        "python -m ghanet_workflow.cli cohort --clinical {input.clinical:q} --signatures {input.signatures:q}"
+        "exec python -m ghanet_workflow.cli cohort --clinical {input.clinical:q} --signatures {input.signatures:q}"
         " --features {params.features:q} --out-dir {params.out_dir:q}"
         " --options {params.options:q} > {log:q} 2>&1"
 
@@ -34,9 +36,11 @@ rule make_splits:
         f"{LOGS}/make_splits.log",
     conda:
         "../../envs/report.yaml"
+    resources:
+        **SMALL_JOB,
     params:
         out_dir=parent_dir(0),
         options=options("splits"),
     shell:
-        "python -m ghanet_workflow.cli splits --patients {input.patients:q} --out-dir {params.out_dir:q}"
+        "exec python -m ghanet_workflow.cli splits --patients {input.patients:q} --out-dir {params.out_dir:q}"
         " --options {params.options:q} > {log:q} 2>&1"

@@ -34,11 +34,11 @@ shell.prefix(
 
 
 def train_options():
+    """What changes a fold's training: the training options (less RUN_SETTINGS) and the genomic preprocessing."""
     return json.dumps(
         {
-            "training": config["training"],
-            "genomics": config["genomics"],
-            "evaluation": config["evaluation"],
+            "training": output_settings("training"),
+            "genomics": output_settings("genomics"),
         },
         sort_keys=True,
     )
@@ -62,9 +62,61 @@ def sibling_dir(name):
     return folder
 
 
+# Keys of a config section that change how a job runs, not what it writes. They reach the stage
+# as a second --options object through the rule's `run_settings` resource, NOT through its params:
+# Snakemake reruns a job whose params changed (never one whose resources did), and a new batch
+# size, worker count or device must not requeue GPU jobs. (`training.models` and `features.slides_per_job` /
+# `external_dir` shape the DAG itself and reach no stage.)
+RUN_SETTINGS = {
+    "features": (
+        "batch_size",
+        "patches_per_read",
+        "num_workers",
+        "prefetch_factor",
+        "device",
+        "progress",
+        "slides_per_job",
+        "external_dir",
+    ),
+    "training": ("models", "device"),
+    "predict": ("slides", "models_from", "model", "device"),
+}
+STAGE_RUN_SETTINGS = {"features": RUN_SETTINGS["features"][:6], "training": ("device",)}
+
+
+def output_settings(section):
+    """A config section without its RUN_SETTINGS: what changes the outputs of the section's jobs."""
+    skip = RUN_SETTINGS.get(section, ())
+    return {k: v for k, v in (config.get(section) or {}).items() if k not in skip}
+
+
 def options(section):
-    """A config section as JSON, passed to a subcommand with --options."""
-    return json.dumps(config.get(section) or {}, sort_keys=True)
+    """A config section (less RUN_SETTINGS) as JSON, passed to a subcommand with --options."""
+    return json.dumps(output_settings(section), sort_keys=True)
+
+
+def run_settings(section):
+    """The RUN_SETTINGS of a section that its stage reads, as JSON (the second --options object)."""
+    keys = STAGE_RUN_SETTINGS[section]
+    values = {k: v for k, v in (config.get(section) or {}).items() if k in keys}
+    return json.dumps(
+        {section: values} if section == "training" else values, sort_keys=True
+    )
+
+
+FEATURES_RUN_SETTINGS = run_settings("features")
+TRAINING_RUN_SETTINGS = run_settings("training")
+PREDICT_RUN_SETTINGS = json.dumps(
+    {"device": (config.get("predict") or {}).get("device") or "auto"}
+)
+
+# Resources of every job, in one place. GPU and big jobs grow with each attempt (retries in
+# profiles/default): memory doubles (out-of-memory kills), time grows by half (time-limit kills
+# resume from the checkpoint). A constant disk_mb spares Snakemake a stat of every input file of
+# every job (its default is twice the input size), a third of a 10,000-slide dry run; SLURM
+# ignores it.
+SMALL_JOB = {"mem_mb": 2000, "runtime": 10, "disk_mb": 1000}
+SLIDE_JOB = {"mem_mb": 2000, "runtime": 5, "disk_mb": 1000}
 
 
 # ---------------------------------------------------------------- slide table
@@ -75,7 +127,7 @@ def options(section):
 # naming the file, line, column or config key.
 import sys
 
-from ghanet_workflow import slide_table
+from ghanet_workflow import slide_files, slide_table
 from ghanet_workflow.errors import InputError
 
 # Wildcard-safe key of a slide: its id without the file extension (the cohort stage's own).
@@ -190,6 +242,47 @@ def feature_manifests(wildcards=None):
         f"{RESULTS}/features/{ENCODER}/chunks/{{chunk}}.txt",
         chunk=[*FEATURE_CHUNKS, *IMPORT_CHUNKS],
     )
+
+
+def find_damaged_slide_files():
+    """{target: marker text} of the per-slide files deleted or truncated since their chunk job
+    recorded them (target: the chunk manifest for a features file, the coords file itself).
+    Main process only: a cluster job re-parses the workflow for its own job, whose markers exist.
+    """
+    if workflow.remote_exec or workflow.subprocess_exec:
+        return {}
+    damaged = {}
+    for damage in slide_files.damaged_files(feature_manifests()):
+        target = damage.path if damage.kind == "coords" else damage.manifest
+        damaged.setdefault(target, []).append(damage)
+        logger.warning(
+            f"{damage.path} was {damage.reason} after it was made: that slide's "
+            f"{'tiling' if damage.kind == 'coords' else 'features'} will be redone"
+        )
+    return dict(slide_files.redo_marker(t, d) for t, d in damaged.items())
+
+
+NEW_REDO_MARKERS = find_damaged_slide_files()
+REDO_MARKERS = slide_files.existing_markers(
+    [f"{RESULTS}/tiles", f"{RESULTS}/features/{ENCODER}/chunks"]
+)
+for _marker in NEW_REDO_MARKERS:
+    REDO_MARKERS.setdefault(_marker.rsplit(slide_files.MARKER_INFIX, 1)[0], []).append(
+        _marker
+    )
+
+
+def redo_markers(target):
+    """Input function: the redo markers of one output (tile_slide, extraction chunks)."""
+
+    def markers(wildcards):
+        return REDO_MARKERS.get(target.format(**dict(wildcards.items())), [])
+
+    return markers
+
+
+def redo_marker_text(wildcards, output):
+    return NEW_REDO_MARKERS.get(output[0], "")
 
 
 def import_sources(wildcards):

@@ -15,11 +15,10 @@ rule demo_slide:
     conda:
         "../../envs/slides.yaml"
     resources:
-        runtime=5,
-        mem_mb=2000,
+        **SLIDE_JOB,
     params:
         options=options("demo"),
     shell:
-        "python -m ghanet_workflow.cli demo-slide --slide-id {wildcards.demo_slide:q} --clinical {input.clinical:q}"
+        "exec python -m ghanet_workflow.cli demo-slide --slide-id {wildcards.demo_slide:q} --clinical {input.clinical:q}"
         " --low-risk-slide {input.low_risk:q} --high-risk-slide {input.high_risk:q}"
         " --out {output:q} --options {params.options:q} > {log:q} 2>&1"

@@ -8,6 +8,7 @@ rule extract_features:
     input:
         slides=chunk_slide_paths,
         coords=chunk_coords,
+        redo=redo_markers(f"{RESULTS}/features/{{encoder}}/chunks/{{chunk}}.txt"),
     output:
         manifest=f"{RESULTS}/features/{{encoder}}/chunks/{{chunk}}.txt",
     log:
@@ -19,18 +20,21 @@ rule extract_features:
         gpu=1,
         mem_mb=mem_mb_features,
         runtime=runtime_features,
+        disk_mb=1000,
+        run_settings=FEATURES_RUN_SETTINGS,
     params:
         out=chunk_feature_files,
         options=options("features"),
     shell:
-        "python -m ghanet_workflow.cli extract --slides {input.slides:q} --coords {input.coords:q}"
-        " --out {params.out:q} --options {params.options:q} > {log:q} 2>&1"
-        " && printf '%s\\n' {params.out:q} > {output.manifest:q}"
+        "exec python -m ghanet_workflow.cli extract --slides {input.slides:q} --coords {input.coords:q}"
+        " --out {params.out:q} --manifest {output.manifest:q}"
+        " --options {params.options:q} {resources.run_settings:q} > {log:q} 2>&1"
 
 
 rule import_features:
     input:
         external=import_sources,
+        redo=redo_markers(f"{RESULTS}/features/{{encoder}}/chunks/{{chunk}}.txt"),
     output:
         manifest=f"{RESULTS}/features/{{encoder}}/chunks/{{chunk}}.txt",
     log:
@@ -39,10 +43,34 @@ rule import_features:
         chunk=r"import\d+",
     conda:
         "../../envs/torch.yaml"
+    resources:
+        **SMALL_JOB,
+        run_settings=FEATURES_RUN_SETTINGS,
     params:
         out=import_feature_files,
         options=options("features"),
     shell:
-        "python -m ghanet_workflow.cli extract --external {input.external:q}"
-        " --out {params.out:q} --options {params.options:q} > {log:q} 2>&1"
-        " && printf '%s\\n' {params.out:q} > {output.manifest:q}"
+        "exec python -m ghanet_workflow.cli extract --external {input.external:q}"
+        " --out {params.out:q} --manifest {output.manifest:q}"
+        " --options {params.options:q} {resources.run_settings:q} > {log:q} 2>&1"
+
+
+# A per-slide file found deleted or truncated when the DAG was built (ghanet_workflow.slide_files):
+# this marker, named after the damaged target and what happened to it, joins that target's job's
+# inputs, so Snakemake reruns exactly that tiling or extraction job; it stays as the record.
+rule record_damaged_file:
+    output:
+        "{target}.redo-{digest}",
+    log:
+        "logs/record_damaged_file/{target}.redo-{digest}.log",
+    wildcard_constraints:
+        digest="[0-9a-f]{12}",
+    localrule: True
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        **SMALL_JOB,
+    params:
+        text=redo_marker_text,
+    shell:
+        "exec printf '%s\\n' {params.text:q} > {output:q} 2> {log:q}"

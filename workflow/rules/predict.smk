@@ -46,13 +46,14 @@ rule predict_risks:
     resources:
         mem_mb=mem_mb_features,
         runtime=runtime_features,
+        disk_mb=1000,
+        run_settings=PREDICT_RUN_SETTINGS,
     params:
         features_dir=f"{PREDICT_DIR}/features/{ENCODER}",
         model_dirs=predict_model_dirs,
-        options=json.dumps({"device": PREDICT.get("device") or "auto"}),
     shell:
-        "python -m ghanet_workflow.cli predict --slides {input.slides:q} --features-dir {params.features_dir:q}"
-        " --model-dirs {params.model_dirs:q} --out {output.risks:q} --options {params.options:q} > {log:q} 2>&1"
+        "exec python -m ghanet_workflow.cli predict --slides {input.slides:q} --features-dir {params.features_dir:q}"
+        " --model-dirs {params.model_dirs:q} --out {output.risks:q} --options {resources.run_settings:q} > {log:q} 2>&1"
 
 
 rule predict:

@@ -89,6 +89,8 @@ rule report:
         f"{LOGS}/report.log",
     conda:
         "../../envs/report.yaml"
+    resources:
+        **SMALL_JOB,
     params:
         out_dir=parent_dir("cindex_md"),
         partial_dir=PARTIAL_REPORT,
@@ -98,13 +100,12 @@ rule report:
         target_mpp=config["tiling"]["target_mpp"],
         options=options("report"),
     shell:
-        "python -m ghanet_workflow.cli report --metrics {input.metrics:q} --predictions {input.predictions:q}"
+        "exec python -m ghanet_workflow.cli report --metrics {input.metrics:q} --predictions {input.predictions:q}"
         " --training-logs {input.training_logs:q} --reconstruction {input.reconstruction:q}"
         " --attention {input.attention:q} --slides {input.slides:q}"
         " --qc {input.qc:q} --qc-png {input.qc_png:q} --folds {params.folds}"
         " --cohort {params.cohort:q} --encoder {params.encoder:q} --target-mpp {params.target_mpp}"
-        " --out-dir {params.out_dir:q} --options {params.options:q} > {log:q} 2>&1"
-        " && rm -rf {params.partial_dir:q}"
+        " --out-dir {params.out_dir:q} --replaces {params.partial_dir:q} --options {params.options:q} > {log:q} 2>&1"
 
 
 # The models x cohorts table: this run's cohort plus the cindex.csv of other cohorts' runs listed
@@ -127,9 +128,11 @@ rule paper_table:
         f"{LOGS}/paper_table.log",
     conda:
         "../../envs/report.yaml"
+    resources:
+        **SMALL_JOB,
     params:
         out_dir=parent_dir("md"),
         options=options("report"),
     shell:
-        "python -m ghanet_workflow.cli report paper --cindex {input.cindex:q} --out-dir {params.out_dir:q}"
+        "exec python -m ghanet_workflow.cli report paper --cindex {input.cindex:q} --out-dir {params.out_dir:q}"
         " --options {params.options:q} > {log:q} 2>&1"

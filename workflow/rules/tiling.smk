@@ -6,6 +6,7 @@
 rule tile_slide:
     input:
         slide=slide_path,
+        redo=redo_markers(f"{RESULTS}/tiles/{{slide}}.h5"),
     output:
         coords=f"{RESULTS}/tiles/{{slide}}.h5",
         qc=f"{RESULTS}/tiles/{{slide}}.qc.json",
@@ -15,13 +16,12 @@ rule tile_slide:
     conda:
         "../../envs/slides.yaml"
     resources:
-        runtime=5,
-        mem_mb=2000,
+        **SLIDE_JOB,
     params:
         slide_id=slide_id,
         mpp=mpp_option,
         options=options("tiling"),
     shell:
-        "python -m ghanet_workflow.cli tile --slide {input.slide:q} --slide-id {params.slide_id:q} {params.mpp}"
+        "exec python -m ghanet_workflow.cli tile --slide {input.slide:q} --slide-id {params.slide_id:q} {params.mpp}"
         " --out-h5 {output.coords:q} --out-qc-json {output.qc:q} --out-png {output.png:q}"
         " --options {params.options:q} > {log:q} 2>&1"

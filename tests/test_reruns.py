@@ -1,0 +1,142 @@
+"""The second run: after a complete demo run, each change reruns only the jobs whose outputs it changes.
+
+Every test starts from a hard-linked copy of the session's finished demo run (tests/e2e_fixtures.py)
+and asserts on the jobs `snakemake -n` lists, rule by rule, as a user sees them before a cluster
+run. Two tests then run the jobs for real: more epochs resume the finished training, and a damaged
+per-slide file is made again while the other slides are kept.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import h5py
+import pytest
+from e2e_fixtures import SNAKEMAKE, run
+from test_workflow import job_counts, linked_copy
+
+pytestmark = pytest.mark.slow
+
+COHORT = "demo_blca"
+FOLD_JOBS = {"train_fold": 5, "evaluate_fold": 5, "interpret_fold": 5}
+REPORT_JOBS = {"report": 1, "paper_table": 1, "all": 1}
+
+
+@pytest.fixture
+def finished(demo_run, tmp_path) -> Path:
+    """A private copy of the finished demo run (results hard-linked, metadata copied)."""
+    return linked_copy(demo_run, tmp_path / "wf")
+
+
+def overlay(work: Path, text: str) -> list[str]:
+    """``--configfile`` arguments: the demo's config and an overlay (nested --config values are text)."""
+    path = work / "overlay.yaml"
+    path.write_text(text)
+    return ["--configfile", "config/config.yaml", str(path)]
+
+
+def planned(work: Path, *args: str) -> dict[str, int]:
+    """Rule -> job count of `snakemake -n` with ``args`` (empty: nothing to do)."""
+    result = run([SNAKEMAKE, "-n", *args], work)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    counts = job_counts(result.stdout + result.stderr)
+    if not counts:
+        assert "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
+    counts.pop("total", None)
+    return counts
+
+
+def test_a_finished_run_has_nothing_to_do(finished):
+    assert planned(finished) == {}
+
+
+def test_adding_a_model_adds_only_that_models_jobs(finished):
+    jobs = planned(finished, "--config", "training={models: [ghanet, abmil]}", "--quiet", "rules")
+    assert jobs == {**FOLD_JOBS, **REPORT_JOBS}
+    dry = run([SNAKEMAKE, "-n", "--config", "training={models: [ghanet, abmil]}"], finished).stdout
+    assert "model=abmil" in dry and "model=ghanet" not in dry, dry[-3000:]
+
+
+def test_evaluation_settings_rerun_evaluation_and_report_only(finished):
+    jobs = planned(finished, *overlay(finished, "evaluation:\n  bootstrap: 50\n  auc_times_months: [24]\n"))
+    assert jobs == {"evaluate_fold": 5, **REPORT_JOBS}
+
+
+def test_report_settings_rerun_the_report_only(finished):
+    assert planned(finished, *overlay(finished, "report:\n  decimals: 2\n")) == REPORT_JOBS
+
+
+def test_loader_and_device_settings_rerun_nothing(finished):
+    settings = """\
+features: {batch_size: 8, num_workers: 3, prefetch_factor: 2, patches_per_read: 1, progress: false, device: cpu}
+training: {device: cpu}
+predict: {device: cpu}
+"""
+    assert planned(finished, *overlay(finished, settings)) == {}
+
+
+def test_a_tiling_setting_reruns_tiling_and_everything_after_it(finished):
+    jobs = planned(finished, *overlay(finished, "tiling: {min_tissue_fraction: 0.5}\n"), "--quiet", "rules")
+    assert jobs["tile_slide"] == 43 and jobs["extract_features"] == 3 and jobs["train_fold"] == 5
+    assert "demo_slide" not in jobs  # the synthetic slides themselves do not change
+
+
+def test_more_epochs_retrain_and_resume_from_the_finished_epoch(finished):
+    assert planned(finished, *overlay(finished, "training: {epochs: 30}\n"), "--quiet", "rules") == {
+        **FOLD_JOBS,
+        **REPORT_JOBS,
+    }
+    fold = f"results/{COHORT}/models/ghanet/fold_0"
+    more = overlay(finished, "training: {epochs: 21}\n")
+    result = run([SNAKEMAKE, "--cores", "2", f"{fold}/metrics.json", *more], finished)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (finished / "logs" / COHORT / "train_fold" / "ghanet_fold_0.log").read_text()
+    assert "resuming ghanet from epoch 20" in log, log[-2000:]
+    assert [int(e) for e in re.findall(r"epoch (\d+): total", log)] == [21], log[-2000:]
+
+
+def damage(path: Path) -> None:
+    """Truncate a hard-linked file without touching the shared run's copy: a new, shorter file."""
+    data = path.read_bytes()
+    path.unlink()
+    path.write_bytes(data[: len(data) // 3])
+
+
+def test_a_truncated_features_file_is_noticed_and_only_that_slide_is_extracted_again(finished):
+    slide = "demo-TCGA-2F-A9KP"
+    features = finished / "results" / COHORT / "features" / "efficientnet_lite0" / f"{slide}.h5"
+    damage(features)
+    dry = run([SNAKEMAKE, "-n", "--quiet", "rules"], finished)
+    assert f"results/{COHORT}/features/efficientnet_lite0/{slide}.h5 was size changed" in dry.stdout + dry.stderr
+    jobs = job_counts(dry.stdout)
+    assert jobs["extract_features"] == 1 and "tile_slide" not in jobs, jobs  # its chunk, nothing before
+    manifests = sorted((finished / "results" / COHORT / "features" / "efficientnet_lite0" / "chunks").glob("*.txt"))
+    (manifest,) = [m for m in manifests if f"{slide}.h5" in m.read_text()]
+    result = run([SNAKEMAKE, "--cores", "2", str(manifest.relative_to(finished))], finished)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (finished / "logs" / COHORT / "extract_features" / "efficientnet_lite0" / f"{manifest.stem}.log").read_text()
+    redone = [line for line in log.splitlines() if " patches, " in line and "(up to date)" not in line]
+    assert len(redone) == 1 and redone[0].startswith(f"{slide}"), log
+    with h5py.File(features, "r") as handle:
+        assert handle["features"].shape[0] > 0
+    markers = list(manifest.parent.glob(f"{manifest.name}.redo-*"))
+    assert len(markers) == 1 and "size changed" in markers[0].read_text()  # the record of what happened
+    # The remade slide is byte for byte what it was, so is the manifest: nothing downstream reruns.
+    assert planned(finished) == {}
+
+
+def test_a_truncated_coords_file_is_noticed_and_that_slide_is_tiled_again(finished):
+    slide = "demo-TCGA-4Z-AA7O"
+    damage(finished / "results" / COHORT / "tiles" / f"{slide}.h5")
+    dry = run([SNAKEMAKE, "-n", "--quiet", "rules"], finished)
+    assert f"results/{COHORT}/tiles/{slide}.h5 was size changed" in dry.stdout + dry.stderr
+    jobs = job_counts(dry.stdout)
+    assert jobs["tile_slide"] == 1 and jobs["record_damaged_file"] == 1 and "demo_slide" not in jobs, jobs
+    coords = f"results/{COHORT}/tiles/{slide}.h5"
+    result = run([SNAKEMAKE, "--cores", "2", coords], finished)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with h5py.File(finished / coords, "r") as handle:
+        assert handle["coords"].shape[0] > 0
+    # Same patches again: no extraction or training; only the QC tables (timings) of the report.
+    assert set(planned(finished)) <= set(REPORT_JOBS)
