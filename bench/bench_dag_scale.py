@@ -210,10 +210,14 @@ def main(argv: list[str] | None = None) -> int:
         tree = baseline_worktree(args.out, args.baseline)
         (args.out / "config").mkdir(exist_ok=True)  # older Snakefiles read config/config.yaml first
         shutil.copy(tree / "config" / "config.yaml", args.out / "config" / "config.yaml")
-        old = dry_run(args.out, ["--profile", str(tree / "profiles" / "slurm"), "--configfile", str(config), "--quiet"],
-                      snakefile=tree / "Snakefile", env={"PYTHONPATH": str(tree / "src")})  # fmt: skip
-        print(f"{'-n --quiet at ' + args.baseline:<36}{old.seconds:>10.1f}{old.cpu_seconds:>10.1f}")
-        print(f"quiet dry run: {old.cpu_seconds / quiet.cpu_seconds:.2f}x less CPU than {args.baseline}")
+        then = ["--profile", str(tree / "profiles" / "slurm"), "--configfile", str(config)]
+        env = {"PYTHONPATH": str(tree / "src")}
+        old = dry_run(args.out, then, snakefile=tree / "Snakefile", env=env)
+        old_quiet = dry_run(args.out, [*then, "--quiet"], snakefile=tree / "Snakefile", env=env)
+        print(f"{'-n at ' + args.baseline:<36}{old.seconds:>10.1f}{old.cpu_seconds:>10.1f}{old.submitted:>12}")
+        print(f"{'-n --quiet at ' + args.baseline:<36}{old_quiet.seconds:>10.1f}{old_quiet.cpu_seconds:>10.1f}")
+        print(f"dry run: {old.cpu_seconds / grouped.cpu_seconds:.2f}x less CPU than {args.baseline}, "
+              f"quiet: {old_quiet.cpu_seconds / quiet.cpu_seconds:.2f}x")  # fmt: skip
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
     return 0
 
