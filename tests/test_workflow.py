@@ -216,3 +216,16 @@ def test_predict_without_a_slide_table_names_the_key():
     result = run([SNAKEMAKE, "-n", "predict"], REPO)
     assert result.returncode != 0
     assert "predict.slides" in result.stderr + result.stdout
+
+
+def test_every_rule_shell_execs_its_command():
+    """`exec`: the job's process is the stage itself, so a kill of the job (scancel, Ctrl-C) reaches it."""
+    import re
+
+    shells = [
+        match.group(1)
+        for smk in sorted((REPO / "workflow" / "rules").glob("*.smk"))
+        for match in re.finditer(r"\n    shell:\n        \"([^\n]*)", smk.read_text())
+    ]
+    assert len(shells) >= 12
+    assert all(line.startswith("exec ") for line in shells), [line for line in shells if not line.startswith("exec ")]
