@@ -169,6 +169,22 @@ def test_keep_going_finishes_the_other_jobs_when_one_fails(full_run, slurm_clust
     assert "rule_train_fold" in run.output and str(failed_log) in run.output
 
 
+def test_a_failed_job_is_retried_with_twice_the_memory_by_the_workflow_profile(full_run, slurm_cluster, tmp_path):
+    """profiles/default's `retries: 2` with the rule's attempt-scaled mem_mb: a fold that needs more
+    memory than its first request fails once, is resubmitted with twice the memory and finishes."""
+    reference, first = full_run
+    assert first.returncode == 0, first.output
+    workdir = copy_run(reference, tmp_path / "d")
+    args = ["--snakefile", "Snakefile", "--profile", "slurm", "--executor", "slurm", "--config", "flaky_fold=1"]
+    run = run_snakemake(workdir, args, timeout_s=600)
+
+    assert run.returncode == 0, run.output
+    attempts = [job for job in sacct_jobs(run.run_id) if job.comment == "rule_train_fold_wildcards_1"]
+    assert [job.state for job in attempts] == ["FAILED", "COMPLETED"], attempts
+    assert "mem=300M" in attempts[0].alloc_tres and "mem=600M" in attempts[1].alloc_tres, attempts
+    assert metrics(workdir, "1")["slurm_job_id"] == attempts[1].job_id
+
+
 def test_cluster_script_is_idempotent(slurm_cluster):
     again = subprocess.run([str(CLUSTER_SCRIPT), "start"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert again.returncode == 0, again.stderr

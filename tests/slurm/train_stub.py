@@ -55,7 +55,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--fail", action="store_true", help="fail after training (for keep-going tests)")
+    parser.add_argument("--mem-mb", type=int, default=0, help="memory this attempt was given (resources.mem_mb)")
+    parser.add_argument("--needs-mem-mb", type=int, default=0, help="fail first when given less (for retry tests)")
     args = parser.parse_args(argv)
+    if args.mem_mb < args.needs_mem_mb:
+        print(f"train_stub: fold {args.seed} needs {args.needs_mem_mb} MB, got {args.mem_mb}", file=sys.stderr)
+        return 1
     args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
     metrics = train(args.checkpoint, args.seed, args.epochs, args.epoch_seconds)
     if args.fail:
