@@ -1,6 +1,6 @@
 # G-HANet survival workflow: whole-slide images + clinical/genomic table -> per-fold models -> report.
 # Run:  snakemake --cores all            (local, default config: the embedded demo cohort)
-#       snakemake --profile profiles/slurm   (SLURM cluster)
+#       snakemake --profile slurm          (SLURM cluster, once `ghanet-wf slurm-profile` wrote the site profile)
 # See README.md and config/README.md.
 
 import sys

@@ -71,5 +71,7 @@ def test_an_existing_profile_is_kept_and_bad_names_are_refused(tmp_path):
     bad = install(tmp_path / "other", "--account", "lab; rm -rf /", "--partition", "p")
     assert bad.returncode == 2 and "--account 'lab; rm -rf /' is not a SLURM name" in bad.stderr
     assert "Traceback" not in bad.stderr
+    zero = install(tmp_path / "fourth", "--account", "a", "--partition", "p", "--jobs", "0")
+    assert zero.returncode == 2 and "--jobs 0: give at least 1" in zero.stderr
     missing = install(tmp_path / "third")
     assert missing.returncode == 2 and "give --account and --partition" in missing.stderr

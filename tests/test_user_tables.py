@@ -302,6 +302,12 @@ def test_a_user_config_does_not_inherit_the_demo_slide_table(tmp_path):
     config = demo_config()
     del config["slides"]["table"]
     user = write_yaml(tmp_path / "my_cohort.yaml", config)
+    too_few = run([SNAKEMAKE, "-n", "--forceall", "--quiet", "rules", "--configfile", str(user)])
+    assert too_few.returncode != 0 and "Traceback" not in too_few.stdout + too_few.stderr
+    assert "37 of 40 patients have no slide on disk; 3 remain" in too_few.stdout + too_few.stderr
+    assert "only 3 patient(s) of data/demo/tcga_blca_demo.csv have a slide on disk" in too_few.stdout + too_few.stderr
+    config["splits"]["k"] = 2  # 3 patients with a slide on disk: 2 folds can be made
+    user = write_yaml(tmp_path / "my_cohort.yaml", config)
     result = run([SNAKEMAKE, "-n", "--forceall", "--quiet", "rules", "--configfile", str(user)])
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
@@ -484,3 +490,15 @@ def test_predict_without_a_table_or_models_is_one_named_line(tmp_path):
     setting = f"predict={{slides: {table}, models_from: {tmp_path / 'untrained'}}}"
     result = run([SNAKEMAKE, "-n", "predict", "--config", setting])
     assert_clean_error(result, ["no trained fold model", "untrained/models/ghanet/fold_<k>/model.pt", "predict.models_from"])
+
+
+def test_missing_encoder_weights_are_named_before_any_slide_is_tiled(tmp_path):
+    overlay = write_yaml(tmp_path / "weights.yaml", {"features": {"weights": str(tmp_path / "resnet50.pth")}})
+    result = dry_run(DEMO_CONFIG, overlay)
+    assert_clean_error(result, ["features.weights", "resnet50.pth", "no such file"])
+
+
+def test_a_number_given_in_a_nested_config_points_to_an_overlay_file():
+    result = run([SNAKEMAKE, "-n", "--config", "evaluation={bootstrap: 50}"])
+    assert result.returncode != 0 and "Traceback" not in result.stdout + result.stderr
+    assert "reaches Snakemake as text: put the setting in a YAML file" in result.stdout + result.stderr

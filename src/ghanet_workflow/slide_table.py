@@ -512,4 +512,18 @@ def config_error_message(error: BaseException, sources: Sequence = (), schema_pa
         )
     description = inner.schema.get("description")
     about = f"; {_dotted(path)} is the {description}" if description else ""
-    return f"config key {_dotted(path) or '(top level)'} = {inner.instance!r}: {inner.message}{about} ({readme})"
+    hint = ""
+    if isinstance(inner.instance, str) and inner.validator == "type" and _looks_like_a_number(inner.instance):
+        hint = (
+            "; a value given inside a nested --config KEY='{...}' reaches Snakemake as text: put the "
+            "setting in a YAML file and add it with --configfile config/config.yaml my_overlay.yaml"
+        )
+    return f"config key {_dotted(path) or '(top level)'} = {inner.instance!r}: {inner.message}{about}{hint} ({readme})"
+
+
+def _looks_like_a_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return text.strip().lower() in {"true", "false", "null"}
+    return True

@@ -97,6 +97,8 @@ def main(argv: list[str]) -> int:
     partition = checked_name(args.partition or _ask("SLURM partition: "), "--partition")
     if not account or not partition:
         raise InputError("give --account and --partition (or run it in a terminal to be asked)")
+    if args.jobs is not None and args.jobs < 1:
+        raise InputError(f"--jobs {args.jobs}: give at least 1 (SLURM jobs queued or running at once)")
     dest = args.dest or default_destination()
     target = dest / "config.yaml"
     if target.exists() and not args.force:

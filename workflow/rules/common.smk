@@ -182,10 +182,27 @@ ABSENT = SLIDES[~SLIDES["exists"] & ~SLIDES.index.isin(list(EXTERNAL))]
 SLIDE_ROWS = SLIDES.to_dict("index")
 
 if len(ABSENT):
+    _usable = set(SLIDES.loc[~SLIDES.index.isin(ABSENT.index), "case_id"])
+    _patients = SLIDES["case_id"].nunique()
     logger.warning(
         f"{len(ABSENT)} slide(s) of the clinical table are not on disk and are reported as missing: "
         + ", ".join(ABSENT["path"].astype(str).head(5))
         + (", ..." if len(ABSENT) > 5 else "")
+        + f". {_patients - len(_usable)} of {_patients} patients have no slide on disk; "
+        f"{len(_usable)} remain for the folds"
+    )
+    if len(_usable) < int(config["splits"]["k"]):
+        stop(
+            f"only {len(_usable)} patient(s) of {config['clinical']} have a slide on disk, fewer than "
+            f"splits.k = {config['splits']['k']} folds: check slides.dir / slides.table, or lower splits.k"
+        )
+
+# Encoder weights named in the config must exist before any slide is tiled (not in the GPU job).
+_weights = config["features"].get("weights")
+if _weights and len(TILED) and not Path(str(_weights)).expanduser().is_file():
+    stop(
+        f"config key features.weights = {_weights!r}: no such file; give the path of the encoder's "
+        "weights (a .pth/.safetensors file on a shared file system), see config/README.md"
     )
 
 
