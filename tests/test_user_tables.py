@@ -22,6 +22,7 @@ import yaml
 
 from ghanet_workflow.errors import InputError
 from ghanet_workflow import slide_table
+from test_workflow import job_counts
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -42,19 +43,6 @@ def dry_run(*configfiles: Path | str, target: str | None = None, extra: tuple[st
     if configfiles:
         cmd += ["--configfile", *map(str, configfiles)]
     return run(cmd + ([target] if target else []))
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """Rule -> number of jobs, from the 'Job stats' table of a dry run."""
-    counts: dict[str, int] = {}
-    lines = output.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.split() == ["job", "count"]), None)
-    for line in lines[start + 2 :] if start is not None else []:
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].isdigit():
-            break
-        counts[parts[0]] = int(parts[1])
-    return counts
 
 
 def demo_config() -> dict:
