@@ -402,3 +402,18 @@ def test_a_fold_with_an_unknown_patient_is_rejected(tmp_path, cohort):
     pd.DataFrame({"case_id": ["nobody"], "split": ["test"]}).to_csv(tmp_path / "fold_9.csv", index=False)
     with pytest.raises(InputError, match="not in the built cohort"):
         run_fold(folder / "cohort", tmp_path / "fold_9.csv", "ghanet", tmp_path / "out", FOLD_OPTIONS)
+
+
+def test_a_failed_retraining_leaves_no_stale_metrics_of_the_previous_run(tmp_path, cohort):
+    """The evaluation and interpretation files of a fold belong to its last training: a new training
+    removes them first, so a failed one cannot leave the old metrics.json looking finished."""
+    folder, _ = cohort
+    out = tmp_path / "fold"
+    out.mkdir()
+    for name in fold_module.DERIVED_NAMES:
+        (out / name).write_text("from the previous training run")
+    pd.DataFrame({"case_id": ["nobody"], "split": ["test"]}).to_csv(tmp_path / "fold_9.csv", index=False)
+    with pytest.raises(InputError, match="not in the built cohort"):
+        training_only = {k: v for k, v in FOLD_OPTIONS.items() if k != "evaluation"}
+        fold_module.train_fold(folder / "cohort", tmp_path / "fold_9.csv", "ghanet", out, training_only)
+    assert not any((out / name).exists() for name in fold_module.DERIVED_NAMES)

@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 OPTION_SECTIONS = ("training", "genomics")
 SPLITS = ("train", "val", "test")
 TRAIN_INFO_NAME = "train_info.json"
+#: files the CPU jobs derive from a training run: stale as soon as the fold trains again, so the
+#: training job removes them first (a failed retraining must not leave the old metrics.json looking
+#: finished, e.g. to the partial report)
+DERIVED_NAMES = ("metrics.json", "reconstruction.csv", "attention.h5")
 
 
 def split_options(options: Mapping | None) -> dict[str, dict]:
@@ -154,6 +158,10 @@ def train_fold(
     sections = split_options(options)
     training = resolve_options(sections["training"])
     out_dir = Path(out_dir)
+    for name in DERIVED_NAMES:
+        if (out_dir / name).exists():
+            log.info("removing %s of the previous training run", out_dir / name)
+            (out_dir / name).unlink()
     cohort = load_built_cohort(cohort_dir)
     fold = read_fold(fold_csv)
     check_fold(fold, cohort.patients.index, fold_csv)
