@@ -322,7 +322,9 @@ def test_a_minimal_user_config_takes_the_documented_defaults(tmp_path):
     readme = (REPO / "config" / "README.md").read_text()
     assert "| `evaluation.bootstrap` | `1000` |" in readme and "| `tiling.preset` | `resection` |" in readme
 
-    minimal = write_yaml(tmp_path / "mine.yaml", {"cohort": "mine", "clinical": str(DEMO_TABLE), "slides": {"dir": "data/slides"}})
+    # 3 patients of the demo table have a slide in data/slides: enough for 3 folds, not the default 5
+    minimal = {"cohort": "mine", "clinical": str(DEMO_TABLE), "slides": {"dir": "data/slides"}, "splits": {"k": 3}}
+    minimal = write_yaml(tmp_path / "mine.yaml", minimal)
     result = run([SNAKEMAKE, "-n", "--forceall", "--quiet", "rules", "--configfile", str(minimal)])
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert job_counts(result.stdout)["tile_slide"] == 3
