@@ -81,7 +81,15 @@ RUN_SETTINGS = {
     "training": ("models", "device"),
     "predict": ("slides", "models_from", "model", "device"),
 }
-STAGE_RUN_SETTINGS = {"features": RUN_SETTINGS["features"][:6], "training": ("device",)}
+# ...and those of them that the stages read (the rest only shape the DAG)
+STAGE_RUN_SETTINGS = {
+    "features": tuple(
+        k
+        for k in RUN_SETTINGS["features"]
+        if k not in ("slides_per_job", "external_dir")
+    ),
+    "training": ("device",),
+}
 
 
 def output_settings(section):
@@ -138,11 +146,6 @@ def stop(error):
     """A bad table: the workflow's own message on one line and exit status 1, no stack."""
     logger.error(f"Error: {error}")
     sys.exit(1)
-
-
-def _resolve(path):
-    """Slide paths are absolute or relative to the working directory (normally the repo root)."""
-    return Path(str(path)).expanduser()
 
 
 def load_slide_table():
