@@ -79,8 +79,8 @@ def choose_alpha(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, va
     """Penalty on the elastic-net path with the best Harrell C on the inner validation part."""
     path = CoxnetSurvivalAnalysis(l1_ratio=L1_RATIO, alpha_min_ratio=0.01, n_alphas=30).fit(x_train, y_train)
     scores = [
-        metrics.harrell_cindex(val["survival_months"].to_numpy(), (val["censorship"] == 0).to_numpy(),
-                               path.predict(x_val, alpha=alpha))
+        metrics.harrell_cindex(event=(val["censorship"] == 0).to_numpy(), time=val["survival_months"].to_numpy(),
+                               risk=path.predict(x_val, alpha=alpha))
         for alpha in path.alphas_
     ]
     return float(path.alphas_[int(np.nanargmax(scores))])
@@ -114,7 +114,8 @@ def run_cox_fold(patients: pd.DataFrame, genomics: pd.DataFrame, groups: dict, f
     train_pred = cox_predictions(model, design(prep, genomics.loc[training]), patients.loc[training], prep, horizon)
     test_ids = ids["test"]
     test_pred = cox_predictions(model, design(prep, genomics.loc[test_ids]), patients.loc[test_ids], prep, horizon)
-    result = metrics.evaluate_predictions(test_pred, train_pred, prep.bin_edges, {"bootstrap": bootstrap})
+    result = metrics.evaluate_predictions(train=train_pred, test=test_pred, bin_edges=prep.bin_edges,
+                                          options={"bootstrap": bootstrap})
     result.update(n_genes=int(design(prep, genomics.iloc[:1]).shape[1]),
                   n_nonzero=int(np.count_nonzero(model.coef_[:, 0])), alpha=alpha)
     return result, test_pred.assign(split="test")
@@ -151,8 +152,8 @@ def run_snn_fold(patients: pd.DataFrame, genomics: pd.DataFrame, groups: dict, f
     predictions = pd.concat([fold.prediction_frame(result.model, cases[split], split, 0)
                              for split in splits.SPLIT_NAMES], ignore_index=True)
     is_test = predictions["split"] == "test"
-    outcome_ = metrics.evaluate_predictions(predictions[is_test], predictions[~is_test], prep.bin_edges,
-                                            {"bootstrap": bootstrap})
+    outcome_ = metrics.evaluate_predictions(train=predictions[~is_test], test=predictions[is_test],
+                                            bin_edges=prep.bin_edges, options={"bootstrap": bootstrap})
     outcome_.update(n_genes=int(sum(fold.group_size_list(prep))), n_nonzero=None,
                     final_val_cindex=float(result.log["val_cindex"].iloc[-1]))
     return outcome_, predictions[is_test]

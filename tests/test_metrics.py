@@ -52,16 +52,24 @@ def y(frame):
 
 def test_perfect_and_reversed_ranking():
     times = np.array([2.0, 5, 9, 14, 30, 41, 60])
-    frame = pd.DataFrame({"time": times, "event": [1, 1, 0, 1, 1, 0, 1], "risk": -times})
-    assert metrics.harrell_cindex(frame["time"].to_numpy(), frame["event"].to_numpy(), frame["risk"].to_numpy()) == 1.0
-    assert metrics.harrell_cindex(frame["time"].to_numpy(), frame["event"].to_numpy(), times) == 0.0
+    event = np.array([1, 1, 0, 1, 1, 0, 1])
+    assert metrics.harrell_cindex(event, times, -times) == 1.0
+    assert metrics.harrell_cindex(event, times, times) == 0.0
     constant = np.zeros_like(times)
-    assert metrics.harrell_cindex(frame["time"].to_numpy(), frame["event"].to_numpy(), constant) == 0.5
+    assert metrics.harrell_cindex(event, times, constant) == 0.5
+
+
+def test_harrell_cindex_takes_sksurvs_order_and_refuses_time_as_event():
+    times = np.array([2.0, 5, 9, 14, 30, 41, 60])
+    event = np.array([True, True, False, True, True, False, True])
+    assert metrics.harrell_cindex(event, times, -times) == concordance_index_censored(event, times, -times)[0]
+    with pytest.raises(ValueError, match="event must be bool or 0/1"):
+        metrics.harrell_cindex(times, event, -times)
 
 
 def test_fold_metrics_agree_with_sksurv(fold):
     train, test = fold
-    result = metrics.evaluate_predictions(test, train, EDGES, {"bootstrap": 200})
+    result = metrics.evaluate_predictions(train=train, test=test, bin_edges=EDGES, options={"bootstrap": 200})
     expected_c = concordance_index_censored(test["event"].astype(bool), test["time"], test["risk"])[0]
     assert result["cindex"] == pytest.approx(expected_c)
     assert 0.5 < result["cindex"] < 1.0
@@ -87,7 +95,8 @@ def test_fold_metrics_agree_with_sksurv(fold):
 
 def test_ibs_uses_the_step_survival_function(fold):
     train, test = fold
-    result = metrics.evaluate_predictions(test, train, EDGES, {"bootstrap": 0, "ibs_points": 30})
+    options = {"bootstrap": 0, "ibs_points": 30}
+    result = metrics.evaluate_predictions(train=train, test=test, bin_edges=EDGES, options=options)
     limit = metrics.support_limit(*(f.assign(event=f["event"].astype(bool)) for f in (train, test)))
     truncated = metrics.truncate(test.assign(event=test["event"].astype(bool)), limit)
     grid = np.unique(np.quantile(truncated["time"], np.linspace(0.1, 0.9, 30)))
@@ -114,13 +123,13 @@ def test_bootstrap_is_seeded(fold):
 def test_tiny_or_eventless_fold_gives_nan_with_reasons(fold):
     train, test = fold
     censored = test.iloc[:2].assign(event=0)
-    result = metrics.evaluate_predictions(censored, train, EDGES, {"bootstrap": 20})
+    result = metrics.evaluate_predictions(train=train, test=censored, bin_edges=EDGES, options={"bootstrap": 20})
     assert math.isnan(result["cindex"]) and "no comparable pair" in result["notes"]["cindex"]
     assert math.isnan(result["cindex_uno"]) and "no test event" in result["notes"]["cindex_uno"]
     assert math.isnan(result["logrank_p"]) and result["notes"]["logrank_p"]
     assert math.isnan(result["cindex_ci_low"]) and result["bootstrap_valid"] == 0
     short = test.nsmallest(6, "time").assign(event=1)
-    result = metrics.evaluate_predictions(short, train, EDGES, {"bootstrap": 0})
+    result = metrics.evaluate_predictions(train=train, test=short, bin_edges=EDGES, options={"bootstrap": 0})
     assert math.isnan(result["auc_60m"]) and "60 months" in result["notes"]["auc_60m"]
 
 

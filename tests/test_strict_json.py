@@ -111,7 +111,9 @@ def test_evaluate_predictions_written_by_write_json_is_strict_with_notes(tmp_pat
     for j in range(4):
         frame[f"surv_{j}"] = 0.9 ** (j + 1)
     test, train = frame.iloc[:5].assign(event=0), frame.iloc[5:]
-    result = metrics.evaluate_predictions(test, train, [-np.inf, 10.0, 30.0, 50.0, np.inf], {"bootstrap": 0})
+    result = metrics.evaluate_predictions(
+        train=train, test=test, bin_edges=[-np.inf, 10.0, 30.0, 50.0, np.inf], options={"bootstrap": 0}
+    )
     write_json(tmp_path / "metrics.json", result)
     written = strict_load(tmp_path / "metrics.json")
     assert written["cindex"] is None and "no event" in written["notes"]["cindex"]

@@ -212,7 +212,7 @@ def cindex_of(result, cases: dict[str, Case]) -> float:
 
     events = np.array([c.censorship == 0 for c in cases.values()])
     times = np.array([c.time for c in cases.values()])
-    return harrell_cindex(times, events, predict(result.model, cases)["risk"].to_numpy())
+    return harrell_cindex(event=events, time=times, risk=predict(result.model, cases)["risk"].to_numpy())
 
 
 def with_permuted_labels(cases: dict[str, Case], seed: int) -> dict[str, Case]:

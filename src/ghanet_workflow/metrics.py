@@ -93,8 +93,14 @@ def _structured(frame: pd.DataFrame) -> np.ndarray:
 # ----------------------------------------------------------------------------- single metrics
 
 
-def harrell_cindex(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
-    """Harrell's C (sksurv); NaN when no pair is comparable."""
+def harrell_cindex(event: np.ndarray, time: np.ndarray, risk: np.ndarray) -> float:
+    """Harrell's C (sksurv); NaN when no pair is comparable.
+
+    Arguments in ``concordance_index_censored``'s order: event indicator (bool or 0/1), time, risk.
+    """
+    event, time = np.asarray(event), np.asarray(time)
+    if event.dtype != bool and not np.isin(event, (0, 1)).all():
+        raise ValueError("harrell_cindex(event, time, risk): event must be bool or 0/1 (was time passed first?)")
     if not event.any() or len(time) < 2:
         return math.nan
     try:
@@ -113,7 +119,7 @@ def bootstrap_cindex(test: pd.DataFrame, n: int, level: float, seed: int) -> tup
     values = []
     for _ in range(n):
         idx = rng.integers(0, len(test), len(test))
-        value = harrell_cindex(time[idx], event[idx], risk[idx])
+        value = harrell_cindex(event=event[idx], time=time[idx], risk=risk[idx])
         if not math.isnan(value):
             values.append(value)
     if not values:
@@ -228,20 +234,21 @@ def logrank(test: pd.DataFrame, cutoff: float) -> float:
 
 
 def evaluate_predictions(
-    test: pd.DataFrame, train: pd.DataFrame, bin_edges: Sequence[float], options: Mapping | None = None
+    train: pd.DataFrame, test: pd.DataFrame, bin_edges: Sequence[float], options: Mapping | None = None
 ) -> dict:
     """All metrics of one fold (JSON-ready dict; NaN = undefined, reason under ``notes``).
 
-    ``test`` and ``train`` have columns time, event (1 = event), risk; ``test`` also
+    Training fold first, as in sksurv's ``concordance_index_ipcw(survival_train, survival_test, ...)``.
+    ``train`` and ``test`` have columns time, event (1 = event), risk; ``test`` also
     surv_0..surv_{B-1}. ``train`` are the training fold's own predictions: they give the
     censoring distribution and the risk cut-off.
     """
     options = {**DEFAULTS, **(options or {})}
-    test, train = _checked(test, "test"), _checked(train, "train")
+    train, test = _checked(train, "train"), _checked(test, "test")
     bin_edges = np.asarray(bin_edges, dtype=float)
     notes: dict[str, str] = {}
     result: dict = {"n_patients": len(test), "n_events": int(test["event"].sum())}
-    result["cindex"] = harrell_cindex(test["time"].to_numpy(), test["event"].to_numpy(), test["risk"].to_numpy())
+    result["cindex"] = _frame_cindex(test)
     if math.isnan(result["cindex"]):
         notes["cindex"] = _no_pair_reason(result["n_patients"], result["n_events"])
     low, high, n_valid = bootstrap_cindex(test, options["bootstrap"], options["ci_level"], options["seed"])
@@ -268,6 +275,11 @@ def evaluate_predictions(
     result["logrank_p"] = _guarded(notes, "logrank_p", lambda: logrank(test, result["risk_cutoff"]))
     result["notes"] = notes
     return result
+
+
+def _frame_cindex(test: pd.DataFrame) -> float:
+    """Harrell's C of a checked predictions frame (columns event, time, risk)."""
+    return harrell_cindex(event=test["event"].to_numpy(), time=test["time"].to_numpy(), risk=test["risk"].to_numpy())
 
 
 def _no_pair_reason(n_patients: int, n_events: int) -> str:
@@ -312,7 +324,7 @@ def pooled_cindex(predictions: pd.DataFrame) -> float:
     Risks of different folds come from different models; this pools them as they are.
     """
     test = _checked(_test_rows(predictions), "pooled")
-    return harrell_cindex(test["time"].to_numpy(), test["event"].to_numpy(), test["risk"].to_numpy())
+    return _frame_cindex(test)
 
 
 def _test_rows(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -376,7 +388,7 @@ def evaluate_file(predictions_path: str | Path, preprocessing_path: str | Path, 
     train = predictions[predictions["split"] != "test"]
     if test.empty or train.empty:
         raise InputError(f"{predictions_path}: needs both test rows and training-fold rows")
-    return evaluate_predictions(test, train, bin_edges, options)
+    return evaluate_predictions(train=train, test=test, bin_edges=bin_edges, options=options)
 
 
 def evaluate_fold(model_dir: str | Path, out: str | Path, options: Mapping | None = None) -> dict:

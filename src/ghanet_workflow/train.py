@@ -228,7 +228,7 @@ def concordance(cases: Mapping[str, Case], predictions: pd.DataFrame) -> float:
     event = np.array([c.censorship == 0 for c in cases.values()])
     times = np.array([c.time for c in cases.values()], dtype=float)
     risk = predictions.set_index("case_id").loc[list(cases), "risk"].to_numpy()
-    return harrell_cindex(times, event, risk)
+    return harrell_cindex(event=event, time=times, risk=risk)
 
 
 def rng_state(generator: torch.Generator) -> dict:
