@@ -191,8 +191,9 @@ def table_rows(name: str, model: str, per_fold: list[dict], pooled: pd.DataFrame
 
     rows.append([name.upper(), model, "mean ± std", "", "", "", "", mean_std("cindex"), mean_std("cindex_uno"),
                  mean_std("ibs"), ""])
-    rows.append([name.upper(), model, "pooled out-of-fold", len(pooled), int(pooled["event"].sum()), "", "",
-                 f"{metrics.pooled_cindex(pooled):.3f}", "", "", ""])
+    pooled_c = metrics.pooled_cindex(pooled)
+    rows.append([name.upper(), model, "pooled out-of-fold", pooled_c["n_patients"], pooled_c["n_events"], "", "",
+                 f"{pooled_c['cindex_harrell']:.3f}", "", "", ""])
     return rows
 
 

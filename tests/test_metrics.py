@@ -143,19 +143,17 @@ def test_aggregate_uses_sample_std_and_skips_undefined():
     assert metrics.STD_DDOF == 1
 
 
-def test_pooled_out_of_fold_metrics(fold):
+def test_pooled_out_of_fold_cindex(fold):
     train, test = fold
-    rows = []
-    for k, part in enumerate(np.array_split(test.index.to_numpy(), 3)):
-        rows.append(test.loc[part].assign(split="test", fold=k))
-        rows.append(train.assign(split="train", fold=k, risk=train["risk"] + k))
-    pooled = pd.concat(rows, ignore_index=True)
-    assert metrics.pooled_cindex(pooled) == pytest.approx(
+    rows = [test.loc[part].assign(split="test", fold=k) for k, part in enumerate(np.array_split(test.index, 3))]
+    pooled = metrics.pooled_cindex(pd.concat(rows, ignore_index=True))
+    assert pooled["cindex_harrell"] == pytest.approx(
         concordance_index_censored(test["event"].astype(bool), test["time"], test["risk"])[0])
-    groups = metrics.pooled_risk_groups(pooled)
-    assert groups["n_high_risk"] + groups["n_low_risk"] == len(test) and 0 <= groups["logrank_p"] <= 1
-    curves = metrics.kaplan_meier_by_group(test, train["risk"].median())
-    assert set(curves["group"]) == {"high", "low"} and curves["survival"].between(0, 1).all()
+    assert pooled["n_patients"] == len(test) and pooled["n_events"] == int(test["event"].sum())
+    empty = metrics.pooled_cindex(pd.DataFrame(columns=["case_id", "time", "event", "risk", "split", "fold"]))
+    assert math.isnan(empty["cindex_harrell"]) and empty["n_patients"] == 0 and empty["n_events"] == 0
+    censored = metrics.pooled_cindex(test.assign(event=0))
+    assert math.isnan(censored["cindex_harrell"]) and censored["n_events"] == 0
 
 
 def test_main_writes_standard_json(fold, tmp_path):

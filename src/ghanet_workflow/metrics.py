@@ -34,7 +34,7 @@ from sksurv.metrics import (
     cumulative_dynamic_auc,
     integrated_brier_score,
 )
-from sksurv.nonparametric import CensoringDistributionEstimator, kaplan_meier_estimator
+from sksurv.nonparametric import CensoringDistributionEstimator
 from sksurv.util import Surv
 
 from ghanet_workflow.atomic import strict_json, write_json
@@ -318,54 +318,20 @@ def _as_float(value) -> float:
     return math.nan if value is None else float(value)
 
 
-def pooled_cindex(predictions: pd.DataFrame) -> float:
-    """Harrell's C over the pooled out-of-fold (test) predictions of all folds.
+def pooled_cindex(test: pd.DataFrame) -> dict:
+    """Harrell's C (sksurv) of the pooled out-of-fold (test) predictions of all folds, with counts.
 
-    Risks of different folds come from different models; this pools them as they are.
+    ``test`` holds only test rows, columns time, event (1 = event), risk. Risks of different
+    folds come from different models; this pools them as they are. Returns ``cindex_harrell``
+    (NaN when no pair is comparable, e.g. no event or fewer than two patients), ``n_patients``
+    and ``n_events``.
     """
-    test = _checked(_test_rows(predictions), "pooled")
-    return _frame_cindex(test)
-
-
-def _test_rows(predictions: pd.DataFrame) -> pd.DataFrame:
-    """Test rows of a predictions table (all rows when there is no split column)."""
-    if "split" not in predictions.columns:
-        return predictions
-    return predictions[predictions["split"] == "test"]
-
-
-def pooled_risk_groups(predictions: pd.DataFrame) -> dict:
-    """Log-rank test on the pooled out-of-fold set, each patient grouped by its own fold's cut-off.
-
-    ``predictions`` holds every fold's rows with columns fold and split (train/val/test); the
-    cut-off of a fold is the median risk of its non-test rows.
-    """
-    parts = []
-    for _, rows in predictions.groupby("fold"):
-        cutoff = rows.loc[rows["split"] != "test", "risk"].median()
-        parts.append(_checked(rows[rows["split"] == "test"], "pooled").assign(high=lambda f, c=cutoff: f["risk"] > c))
-    pooled = pd.concat(parts, ignore_index=True)
-    notes: dict = {}
-    pvalue = _guarded(notes, "logrank_p", lambda: compare_survival(_structured(pooled), pooled["high"].to_numpy())[1])
+    test = _checked(test, "pooled test")
     return {
-        "logrank_p": pvalue,
-        "n_high_risk": int(pooled["high"].sum()),
-        "n_low_risk": int((~pooled["high"]).sum()),
-        "notes": notes,
+        "cindex_harrell": _frame_cindex(test),
+        "n_patients": len(test),
+        "n_events": int(test["event"].sum()),
     }
-
-
-def kaplan_meier_by_group(test: pd.DataFrame, cutoff: float) -> pd.DataFrame:
-    """Kaplan-Meier curves (sksurv) of the high (risk > cutoff) and low risk groups: group, time, survival."""
-    test = _checked(test, "test")
-    frames = []
-    for name, members in (("high", test["risk"] > cutoff), ("low", test["risk"] <= cutoff)):
-        if members.any():
-            time, survival = kaplan_meier_estimator(
-                test.loc[members, "event"].to_numpy(bool), test.loc[members, "time"].to_numpy(float)
-            )
-            frames.append(pd.DataFrame({"group": name, "time": time, "survival": survival}))
-    return pd.concat(frames, ignore_index=True)
 
 
 # ----------------------------------------------------------------------------- command line
