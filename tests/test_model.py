@@ -7,14 +7,18 @@ import math
 import pytest
 import torch
 
+from ghanet_workflow.errors import InputError
 from ghanet_workflow.losses import nll_survival_loss, scaled_cosine_error, total_loss
 from ghanet_workflow.model import (
     MODELS,
+    SHARED_OPTIONS,
     GHANet,
     build_model,
     count_parameters,
+    model_options,
     top_ratio_hyperedges,
 )
+from ghanet_workflow.train import model_config, resolve_options
 
 IN_DIM = 24
 GROUP_SIZES = [3, 7, 5, 4, 9, 6]
@@ -161,6 +165,17 @@ def test_genomic_models_need_genomics_and_wsi_models_do_not():
         small_model("snn")(None, None)
     with pytest.raises(KeyError, match="unknown model"):
         build_model("mcat", SMALL)
+
+
+def test_each_model_gets_the_shared_options_it_declares_and_an_unknown_option_is_named():
+    assert set(model_config(resolve_options({}), IN_DIM, GROUP_SIZES, 4)) == set(SHARED_OPTIONS) == set(SMALL)
+    assert small_model("ghanet", topk_ratio=0.5).hsb.topk_ratio == 0.5
+    for name in ("abmil", "snn", "abmil_snn"):
+        model = small_model(name, dropout=0.4)  # n_heads and topk_ratio are left out: not in its constructor
+        assert {m.p for m in model.modules() if isinstance(m, (torch.nn.Dropout, torch.nn.AlphaDropout))} == {0.4}
+        assert "n_heads" not in model_options(name) and "topk_ratio" not in model_options(name)
+    with pytest.raises(InputError, match=r"model 'abmil': unknown option\(s\) \['n_layers'\]; it accepts \['in_dim'"):
+        build_model("abmil", {**SMALL, "n_layers": 2})
 
 
 def test_snn_prediction_depends_on_genes_only():

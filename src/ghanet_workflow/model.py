@@ -15,16 +15,20 @@ one prediction writer and one metric code path serve all of them.
 
 ``MODELS`` maps the config name to the class; on each class ``uses_genomics_at_inference``
 says whether prediction needs genomics and ``uses_slides`` whether it reads patch features.
+:func:`build_model` gives each model only the options its constructor declares.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .errors import InputError
 
 Tensor = torch.Tensor
 
@@ -259,7 +263,6 @@ class ABMIL(nn.Module):
         n_bins: int = 4,
         hidden_dim: int = 512,
         dropout: float = 0.25,
-        **_unused,
     ):
         super().__init__()
         self.embed = WSIEmbedding(in_dim, hidden_dim, dropout)
@@ -322,7 +325,6 @@ class SNN(nn.Module):
         n_bins: int = 4,
         hidden_dim: int = 512,
         dropout: float = 0.25,
-        **_unused,
     ):
         super().__init__()
         self.embed = GenomicEmbedding(sum(group_sizes), hidden_dim // 2, dropout)
@@ -347,7 +349,6 @@ class ABMILSNN(nn.Module):
         n_bins: int = 4,
         hidden_dim: int = 512,
         dropout: float = 0.25,
-        **_unused,
     ):
         super().__init__()
         half = hidden_dim // 2
@@ -364,15 +365,34 @@ class ABMILSNN(nn.Module):
         return out
 
 
-#: config name -> model class (all share the constructor keywords of :func:`build_model`)
+#: config name -> model class
 MODELS: dict[str, type[nn.Module]] = {"ghanet": GHANet, "abmil": ABMIL, "snn": SNN, "abmil_snn": ABMILSNN}
 
+#: constructor keywords every model is offered (:func:`ghanet_workflow.train.model_config` builds them
+#: from the data and the config section ``training``); each model takes those its constructor declares
+SHARED_OPTIONS = ("in_dim", "group_sizes", "n_bins", "hidden_dim", "n_heads", "dropout", "topk_ratio")
 
-def build_model(name: str, config: dict) -> nn.Module:
-    """Instantiate ``MODELS[name]`` from a config dict (in_dim, group_sizes, n_bins, hidden_dim, ...)."""
+
+def model_options(name: str) -> list[str]:
+    """The constructor keywords of ``MODELS[name]``."""
+    parameters = inspect.signature(MODELS[name].__init__).parameters
+    return [key for key in parameters if key != "self"]
+
+
+def build_model(name: str, config: Mapping) -> nn.Module:
+    """Instantiate ``MODELS[name]`` from a config dict (in_dim, group_sizes, n_bins, hidden_dim, ...).
+
+    The model gets the keys its constructor declares; a shared option it does not declare (e.g.
+    ``topk_ratio`` for ABMIL) is not passed. Any other key raises InputError naming the model,
+    the key and the options the model accepts.
+    """
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; choose one of {sorted(MODELS)} (config training.models)")
-    return MODELS[name](**config)
+    accepted = model_options(name)
+    unknown = sorted(set(config) - set(accepted) - set(SHARED_OPTIONS))
+    if unknown:
+        raise InputError(f"model {name!r}: unknown option(s) {unknown}; it accepts {accepted}")
+    return MODELS[name](**{key: value for key, value in config.items() if key in accepted})
 
 
 def count_parameters(model: nn.Module) -> int:

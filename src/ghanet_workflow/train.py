@@ -49,8 +49,8 @@ DEFAULTS: dict = {
     "amp": False,  # bf16 autocast on CUDA (ignored on CPU)
     "select": "final",  # final | best_val: epoch with the best inner-validation C-index (never the test fold)
     "hidden_dim": 512,  # model width (patch projections, tokens)
-    "n_heads": 4,  # attention heads (head size = hidden_dim / n_heads)
-    "topk_ratio": 0.2,  # share of patches per hyperedge (at least 1 patch)
+    "n_heads": 4,  # attention heads of ghanet (head size = hidden_dim / n_heads)
+    "topk_ratio": 0.2,  # ghanet's share of patches per hyperedge (at least 1 patch)
 }
 
 #: options that do not change the weights of a given epoch (left out of the resume hash): a finished
@@ -110,7 +110,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def model_config(options: Mapping, in_dim: int, group_sizes: Sequence[int], n_bins: int) -> dict:
-    """Constructor keywords for :func:`ghanet_workflow.model.build_model` from the training options."""
+    """Constructor keywords for :func:`ghanet_workflow.model.build_model` from the training options.
+
+    The same keys (``model.SHARED_OPTIONS``) for every model; each takes those it declares.
+    """
     return {
         "in_dim": int(in_dim),
         "group_sizes": [int(n) for n in group_sizes],
