@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ghanet_workflow import demo, features, metrics, predict, preprocess, report, splits, tiling, train
+from ghanet_workflow import demo, features, metrics, predict, preprocess, splits, tiling, train
+from ghanet_workflow.report import options as report_options
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
@@ -19,7 +20,7 @@ SECTIONS = {
     "genomics": preprocess.DEFAULTS,
     "training": train.DEFAULTS,
     "evaluation": metrics.DEFAULTS,
-    "report": report.DEFAULTS,
+    "report": report_options.DEFAULTS,
     "predict": predict.DEFAULTS,
 }
 

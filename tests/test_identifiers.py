@@ -9,7 +9,8 @@ import json
 import pandas as pd
 import pytest
 
-from ghanet_workflow import cohort, report, splits
+from ghanet_workflow import cohort, splits
+from ghanet_workflow.report import inputs, qc
 
 #: Ids pandas would turn into numbers, booleans or NaN; '01' and '1' must stay two patients.
 ODD_CASE_IDS = ["0001", "01", "1", "NA", "1e5", "TRUE"]
@@ -133,9 +134,9 @@ def test_report_readers_keep_the_ids(odd_cohort, tmp_path):
     predictions = pd.DataFrame({"case_id": ids, "time": range(len(ids)), "event": 1, "risk": 0.5,
                                 "split": "test", "fold": 0})  # fmt: skip
     predictions.to_csv(tmp_path / "predictions.csv", index=False)
-    read = report.read_predictions(tmp_path / "predictions.csv")
+    read = inputs.read_predictions(tmp_path / "predictions.csv")
     assert list(read["case_id"]) == ids
-    slides = report.load_slide_table([odd_cohort / "slides.csv"])
+    slides = qc.load_slide_table([odd_cohort / "slides.csv"])
     expected = set(csv_column(odd_cohort / "slides.csv", "slide_id"))
     assert set(slides["slide_id"]) == expected and set(slides["slide_key"]) == {cohort.slide_key(s) for s in expected}
     assert set(slides["case_id"]) == set(ids)

@@ -17,10 +17,18 @@ import pandas as pd
 import pytest
 from sksurv.metrics import concordance_index_censored
 
-from ghanet_workflow import report
+from ghanet_workflow import cli, plots
+from ghanet_workflow.report import attention, cindex, inputs, options, paper, qc, reconstruction, text
 from ghanet_workflow.errors import InputError
 
 N_PATIENTS, N_FOLDS, N_BINS = 40, 5, 4
+
+
+def report_main(argv: list[str]) -> int:
+    """``ghanet-wf report ...`` through the command-line door (which turns an InputError into status 2)."""
+    return cli.main(["report", *argv])
+
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -110,7 +118,7 @@ def write_slides(results: Path) -> tuple[Path, list[Path]]:
     (results / "tiles" / "qc").mkdir(parents=True, exist_ok=True)
     qc_files = []
     for key, status in (("TCGA-XX-0000-01Z", "ok"), ("TCGA-XX-0001-01Z", "ok"), ("broken", "failed")):
-        qc = {
+        qc_row = {
             "slide_id": key,
             "status": status,
             "reason": "",
@@ -119,7 +127,7 @@ def write_slides(results: Path) -> tuple[Path, list[Path]]:
             "n_patches": 0 if status != "ok" else 100,
             "seconds": 0.5,
         }
-        (results / "tiles" / f"{key}.qc.json").write_text(json.dumps(qc))
+        (results / "tiles" / f"{key}.qc.json").write_text(json.dumps(qc_row))
         qc_files.append(results / "tiles" / f"{key}.qc.json")
         if status == "ok":
             mpimg.imsave(
@@ -140,7 +148,7 @@ def cohort_run(tmp_path):
 def test_cindex_report_has_every_fold_mean_std_and_pooled_c(cohort_run, tmp_path):
     results, files, _, _ = cohort_run
     out = tmp_path / "report"
-    table, test = report.write_cindex_report(
+    table, test = cindex.write_cindex_report(
         files["metrics"],
         files["predictions"],
         out / "cindex.md",
@@ -185,12 +193,12 @@ def test_cindex_report_has_every_fold_mean_std_and_pooled_c(cohort_run, tmp_path
 def test_risk_groups_cut_at_the_training_median_of_each_fold(cohort_run):
     _, files, _, _ = cohort_run
     predictions = pd.read_csv(files["predictions"][0])
-    grouped = report.assign_risk_groups(predictions, 2, files["predictions"][0])
+    grouped = cindex.assign_risk_groups(predictions, 2, files["predictions"][0])
     median = predictions.loc[predictions["split"] != "test", "risk"].median()  # train + inner val
     assert len(grouped) == (predictions["split"] == "test").sum()
     assert (grouped["risk_group"] == np.where(grouped["risk"] > median, "high risk", "low risk")).all()
     with pytest.raises(InputError, match="no training-fold rows"):
-        report.assign_risk_groups(predictions[predictions["split"] == "test"], 2, files["predictions"][0])
+        cindex.assign_risk_groups(predictions[predictions["split"] == "test"], 2, files["predictions"][0])
 
 
 def test_a_metrics_file_that_is_absent_or_failed_is_listed_with_its_reason(cohort_run, tmp_path):
@@ -198,7 +206,7 @@ def test_a_metrics_file_that_is_absent_or_failed_is_listed_with_its_reason(cohor
     failed = results / "models" / "ghanet" / "fold_4" / "metrics.json"
     failed.write_text(json.dumps({"status": "failed", "reason": "CUDA out of memory"}))
     absent = results / "models" / "ghanet" / "fold_3" / "metrics.json"
-    table, _ = report.write_cindex_report(
+    table, _ = cindex.write_cindex_report(
         [*files["metrics"], absent],
         files["predictions"],
         tmp_path / "c.md",
@@ -221,7 +229,7 @@ def test_a_failed_run_reports_each_missing_fold_with_the_error_from_its_training
     )
     (logs / "abmil_fold_0.log").write_text("Traceback (most recent call last):\nMemoryError\n")
     argv = ["--results-dir", str(results), "--models", "ghanet", "abmil", "--folds", *map(str, range(5))]
-    assert report.main([*argv, "--failure-logs", str(logs)]) == 0
+    assert report_main([*argv, "--failure-logs", str(logs)]) == 0
 
     md = (results / "report" / "cindex.md").read_text()
     assert md.splitlines()[2].startswith("**Incomplete: 6 of 10 (model, fold) runs did not finish")
@@ -239,7 +247,7 @@ def test_a_failed_run_reports_each_missing_fold_with_the_error_from_its_training
 
 def test_failed_slides_table_lists_the_broken_slide_and_cohort_qc(cohort_run, tmp_path):
     _, _, slides_csv, qc_files = cohort_run
-    slides = report.write_failed_slides(
+    slides = qc.write_failed_slides(
         [slides_csv], tmp_path / "failed.md", tmp_path / "failed.csv", qc_jsons=qc_files, target_mpp=0.5
     )
     md = (tmp_path / "failed.md").read_text()
@@ -259,7 +267,7 @@ def test_failed_slides_says_none_failed_when_all_slides_are_usable(tmp_path):
         {"slide_id": ["a.svs", "b.svs"], "status": ["ok", "ok"], "reason": ["", ""], "n_patches": [5, 9]}
     )
     slides.to_csv(tmp_path / "slides.csv", index=False)
-    report.write_failed_slides(
+    qc.write_failed_slides(
         [tmp_path / "slides.csv"], tmp_path / "f.md", tmp_path / "f.csv", encoder="resnet50_trunc"
     )
     assert "None failed: all 2 slides were usable." in (tmp_path / "f.md").read_text()
@@ -267,14 +275,14 @@ def test_failed_slides_says_none_failed_when_all_slides_are_usable(tmp_path):
 
 
 def test_tiling_qc_files_alone_give_the_failed_slides_and_three_risk_groups_work(tmp_path):
-    qc = {
+    no_mpp = {
         "slide_id": "TCGA-CR-7395-01A-01-TS1.svs",
         "status": "no_mpp",
         "reason": "no MPP in metadata; add it to the slide table",
     }
-    (tmp_path / "TCGA-CR-7395-01A-01-TS1.qc.json").write_text(json.dumps(qc))
+    (tmp_path / "TCGA-CR-7395-01A-01-TS1.qc.json").write_text(json.dumps(no_mpp))
     (tmp_path / "ok.qc.json").write_text(json.dumps({"slide_id": "ok.svs", "status": "ok", "n_patches": 7}))
-    slides = report.write_failed_slides(
+    slides = qc.write_failed_slides(
         [], tmp_path / "f.md", tmp_path / "f.csv", qc_jsons=sorted(tmp_path.glob("*.qc.json"))
     )
     md = (tmp_path / "f.md").read_text()
@@ -285,7 +293,7 @@ def test_tiling_qc_files_alone_give_the_failed_slides_and_three_risk_groups_work
     assert set(slides["status"]) == {"ok", "no_mpp"}
 
     predictions = fold_predictions(0, np.random.default_rng(1))
-    grouped = report.assign_risk_groups(predictions, 3, tmp_path / "predictions.csv")
+    grouped = cindex.assign_risk_groups(predictions, 3, tmp_path / "predictions.csv")
     cuts = np.quantile(predictions.loc[predictions["split"] != "test", "risk"], [1 / 3, 2 / 3])
     expected = np.array(["low risk", "intermediate risk", "high risk"])[
         np.digitize(grouped["risk"], cuts, right=True)
@@ -303,11 +311,11 @@ def test_paper_table_bolds_the_best_model_per_cohort(tmp_path):
             )
         metrics = sorted(results.glob("models/*/fold_*/metrics.json"))
         predictions = sorted(results.glob("models/*/fold_*/predictions.csv"))
-        report.write_cindex_report(
+        cindex.write_cindex_report(
             metrics, predictions, results / "c.md", results / "c.csv", cohort=cohort, folds=range(N_FOLDS)
         )
         cindex_csvs.append(results / "c.csv")
-    cells = report.write_paper_table(cindex_csvs, tmp_path / "p.md", tmp_path / "p.tex", tmp_path / "p.csv")
+    cells = paper.write_paper_table(cindex_csvs, tmp_path / "p.md", tmp_path / "p.tex", tmp_path / "p.csv")
 
     means = cells.pivot(index="model", columns="cohort", values="mean")
     md = (tmp_path / "p.md").read_text()
@@ -325,7 +333,7 @@ def test_paper_table_bolds_the_best_model_per_cohort(tmp_path):
     assert "†" in md and cells.query("model == 'abmil' and cohort == 'ucec'")["n_folds_ok"].item() == 4
     assert "\\textbf{" in tex and "$\\pm$" in tex and "\\begin{tabular}" in tex
     assert set(pd.read_csv(tmp_path / "p.csv")["cohort"]) == {"blca", "ucec", "Overall"}
-    assert report.main(["paper", "--cindex", *map(str, cindex_csvs), "--out-dir", str(tmp_path / "cli")]) == 0
+    assert report_main(["paper", "--cindex", *map(str, cindex_csvs), "--out-dir", str(tmp_path / "cli")]) == 0
     assert (tmp_path / "cli" / "paper_table.md").read_text() == md
     page = (tmp_path / "cli" / "paper_table.html").read_text()
     assert page.count("<strong>") == 3 and "<table>" in page and "**" not in page
@@ -345,7 +353,7 @@ def test_reconstruction_table_averages_folds_and_names_top_genes(tmp_path):
         ).to_csv(fold_dir / "reconstruction.csv", index=False)
         paths.append(fold_dir / "reconstruction.csv")
     paths.append(tmp_path / "models" / "ghanet" / "fold_2" / "reconstruction.csv")  # missing on disk
-    table = report.write_reconstruction_report(
+    table = reconstruction.write_reconstruction_report(
         paths, tmp_path / "r.md", tmp_path / "r.csv", options={"top_genes": 2}
     )
     row = table.set_index("group").loc["Tumor Suppression"]
@@ -376,7 +384,7 @@ def test_main_writes_tables_and_figures_from_explicit_lists(cohort_run, tmp_path
         "--options",
         json.dumps({"decimals": 2, "formats": ["png", "svg"]}),
     ]
-    assert report.main(argv) == 0
+    assert report_main(argv) == 0
     for name in ("km", "cindex_strip", "training_curves", "qc_contact_sheet"):
         png = out / f"{name}.png"
         assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 5_000, name
@@ -391,7 +399,7 @@ def test_main_finds_the_same_files_from_the_results_dir(cohort_run, tmp_path):
     results, files, _, _ = cohort_run
     explicit = tmp_path / "explicit"
     assert (
-        report.main(
+        report_main(
             [
                 "--metrics",
                 *map(str, files["metrics"]),
@@ -406,7 +414,7 @@ def test_main_finds_the_same_files_from_the_results_dir(cohort_run, tmp_path):
         == 0
     )
     assert (
-        report.main(["--results-dir", str(results), "--models", "ghanet", "--folds", *map(str, range(5))])
+        report_main(["--results-dir", str(results), "--models", "ghanet", "--folds", *map(str, range(5))])
         == 0
     )
     found = pd.read_csv(results / "report" / "cindex.csv")
@@ -422,12 +430,12 @@ def test_bad_inputs_raise_errors_that_name_the_file_and_what_to_do(cohort_run, t
     broken.parent.mkdir(parents=True)
     pd.read_csv(files["predictions"][0]).drop(columns="risk").to_csv(broken, index=False)
     with pytest.raises(InputError, match=r"predictions\.csv: missing column\(s\) \['risk'\]"):
-        report.write_cindex_report([], [broken], tmp_path / "c.md", tmp_path / "c.csv", cohort="x")
+        cindex.write_cindex_report([], [broken], tmp_path / "c.md", tmp_path / "c.csv", cohort="x")
     with pytest.raises(InputError, match="unknown key"):
-        report.resolve_options({"decimal": 2})
+        options.resolve_options({"decimal": 2})
     with pytest.raises(InputError, match="cannot tell the fold"):
-        report.model_and_fold(tmp_path / "metrics.json")
-    assert report.main(["--predictions", str(broken), "--out-dir", str(tmp_path / "out")]) == 2
+        inputs.model_and_fold(tmp_path / "metrics.json")
+    assert report_main(["--predictions", str(broken), "--out-dir", str(tmp_path / "out")]) == 2
     assert "missing column(s) ['risk']" in capsys.readouterr().err
 
 
@@ -436,7 +444,7 @@ def test_bad_inputs_raise_errors_that_name_the_file_and_what_to_do(cohort_run, t
 
 def test_every_table_page_has_an_html_twin_with_escaped_text(cohort_run, tmp_path):
     results, files, slides_csv, qc_files = cohort_run
-    report.write_cindex_report(
+    cindex.write_cindex_report(
         files["metrics"], files["predictions"], tmp_path / "c.md", tmp_path / "c.csv",
         cohort="demo_blca", folds=range(N_FOLDS), out_html=tmp_path / "c.html",
     )  # fmt: skip
@@ -444,13 +452,13 @@ def test_every_table_page_has_an_html_twin_with_escaped_text(cohort_run, tmp_pat
     assert page.startswith("<!DOCTYPE html>") and page.count("<table>") == 1
     assert "<th>Harrell C" in page and "<td>mean ± std" in page and "Missing folds: fold 3" in page
     assert len(re.findall(r"<tr><td>\d ", page)) == N_FOLDS
-    report.write_failed_slides(
+    qc.write_failed_slides(
         [slides_csv], tmp_path / "f.md", tmp_path / "f.csv", qc_jsons=qc_files, out_html=tmp_path / "f.html"
     )
     failed = (tmp_path / "f.html").read_text()
     assert "<td>broken.svs" in failed and "<h2>Cohort QC</h2>" in failed and "<li>Target resolution" in failed
-    assert report.html_page("t", "# a <b>\n\nx & y") == report.html_page("t", "# a <b>\n\nx & y")
-    assert "<h1>a &lt;b&gt;</h1>" in report.html_page("t", "# a <b>\n\nx & y")
+    assert text.html_page("t", "# a <b>\n\nx & y") == text.html_page("t", "# a <b>\n\nx & y")
+    assert "<h1>a &lt;b&gt;</h1>" in text.html_page("t", "# a <b>\n\nx & y")
 
 
 def test_a_model_without_reconstruction_is_named_not_tabulated(tmp_path):
@@ -462,7 +470,7 @@ def test_a_model_without_reconstruction_is_named_not_tabulated(tmp_path):
             fold_dir / "reconstruction.csv", index=False
         )
         paths.append(fold_dir / "reconstruction.csv")
-    table = report.write_reconstruction_report(
+    table = reconstruction.write_reconstruction_report(
         paths, tmp_path / "r.md", tmp_path / "r.csv", out_html=tmp_path / "r.html"
     )
     assert table["model"].tolist() == ["ghanet"]
@@ -484,11 +492,11 @@ def write_attention_run(results: Path, slide: Path, n_folds: int = 2) -> tuple[l
     for fold in range(n_folds):
         patients = []
         for number, end in enumerate(["high", "high", "low", "low"]):
-            attention = rng.random((3, len(coords)))
+            tokens = rng.random((3, len(coords)))
             weights = rng.random(len(coords))
             patients.append(
                 {
-                    "token_attention": attention / attention.sum(1, keepdims=True),
+                    "token_attention": tokens / tokens.sum(1, keepdims=True),
                     "patch_weights": weights / weights.sum(),
                     "coords": coords,
                     "slide_index": np.zeros(len(coords), np.int32),
@@ -504,54 +512,54 @@ def write_attention_run(results: Path, slide: Path, n_folds: int = 2) -> tuple[l
         path = results / "models" / "ghanet" / f"fold_{fold}" / "attention.h5"
         write_attention_h5(path, "ghanet", fold, ["Tumor Suppression", "Oncogenesis", "Kinases"], patients)
         paths.append(path)
-    qc = results / "tiles" / f"{slide.stem}.qc.json"
-    qc.parent.mkdir(parents=True, exist_ok=True)
-    qc.write_text(
+    qc_json = results / "tiles" / f"{slide.stem}.qc.json"
+    qc_json.parent.mkdir(parents=True, exist_ok=True)
+    qc_json.write_text(
         json.dumps({"slide_id": slide.name, "status": "ok", "reason": "", "slide_path": str(slide)})
     )
-    return paths, qc
+    return paths, qc_json
 
 
 def test_attention_patients_come_from_both_risk_ends_and_different_folds(tmp_path, cmu_slide):
     paths, _ = write_attention_run(tmp_path, cmu_slide)
-    patients = report.read_attention_files(paths)
+    patients = attention.read_attention_files(paths)
     assert len(patients) == 8 and patients[0]["groups"] == ["Tumor Suppression", "Oncogenesis", "Kinases"]
-    chosen = report.select_attention_patients(patients, 4)
+    chosen = attention.select_attention_patients(patients, 4)
     assert [(p["risk_end"], p["fold"], p["rank"]) for p in chosen] == [
         ("high", 0, 0), ("high", 1, 0), ("low", 0, 0), ("low", 1, 0)
     ]  # fmt: skip
     assert [p["case_id"] for p in chosen] == ["TCGA-XX-0000", "TCGA-XX-1000", "TCGA-XX-0002", "TCGA-XX-1002"]
-    assert report.select_attention_patients(patients, 0) == []
+    assert attention.select_attention_patients(patients, 0) == []
 
 
 def test_attention_figure_draws_heatmaps_over_the_slide_thumbnail(tmp_path, cmu_slide, test_slides):
-    paths, qc = write_attention_run(tmp_path, cmu_slide)
-    slides = report.load_slide_table([], [qc])
-    panel = report.attention_panel(report.read_attention_files(paths)[0], report.slide_paths(slides))
-    assert panel.thumbnail is not None and max(panel.thumbnail.shape[:2]) == report.THUMBNAIL_PX
+    paths, qc_json = write_attention_run(tmp_path, cmu_slide)
+    slides = qc.load_slide_table([], [qc_json])
+    panel = attention.attention_panel(attention.read_attention_files(paths)[0], qc.slide_paths(slides))
+    assert panel.thumbnail is not None and max(panel.thumbnail.shape[:2]) == attention.THUMBNAIL_PX
     assert panel.size == (2220, 2967) and panel.token_attention.shape == (3, len(panel.coords))
-    grid = report.plots.patch_grid(panel.coords, panel.patch_weights, 256, panel.size)
+    grid = plots.patch_grid(panel.coords, panel.patch_weights, 256, panel.size)
     assert grid.shape == (12, 9) and np.isnan(grid[-1, -1]) and np.isfinite(grid[0, 0])
-    written = report.write_attention_figure(paths, tmp_path / "a.png", report.resolve_options({}), slides)
+    written = attention.write_attention_figure(paths, tmp_path / "a.png", options.resolve_options({}), slides)
     assert written == [tmp_path / "a.png"] and written[0].read_bytes()[:8] == PNG_MAGIC
     image = mpimg.imread(written[0])
     assert image.shape[1] > image.shape[0]  # 4 rows of 5 panels (slide, 3 tokens, gated weights)
-    assert report.read_thumbnail(test_slides / "broken.svs") is None
-    assert report.read_thumbnail(None) is None
+    assert attention.read_thumbnail(test_slides / "broken.svs") is None
+    assert attention.read_thumbnail(None) is None
 
 
 def test_main_draws_the_attention_figure_even_when_a_slide_cannot_be_read(cohort_run, tmp_path, test_slides):
     results, files, _, _ = cohort_run
-    paths, qc = write_attention_run(results, test_slides / "broken.svs")
+    paths, qc_json = write_attention_run(results, test_slides / "broken.svs")
     out = tmp_path / "out"
     argv = ["--metrics", *map(str, files["metrics"]), "--predictions", *map(str, files["predictions"])]
-    argv += ["--attention", *map(str, paths), "--qc", str(qc), "--out-dir", str(out)]
-    assert report.main(argv) == 0
+    argv += ["--attention", *map(str, paths), "--qc", str(qc_json), "--out-dir", str(out)]
+    assert report_main(argv) == 0
     assert (out / "attention_heatmaps.png").read_bytes()[:8] == PNG_MAGIC
     empty = tmp_path / "models" / "abmil" / "fold_0" / "attention.h5"
     from ghanet_workflow.interpret import write_attention_h5
 
     write_attention_h5(empty, "abmil", 0, [], [])
-    assert report.write_attention_figure([empty], tmp_path / "none.png", report.resolve_options({}))[
+    assert attention.write_attention_figure([empty], tmp_path / "none.png", options.resolve_options({}))[
         0
     ].is_file()

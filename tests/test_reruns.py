@@ -20,7 +20,11 @@ pytestmark = pytest.mark.slow
 
 COHORT = "demo_blca"
 FOLD_JOBS = {"train_fold": 5, "evaluate_fold": 5, "interpret_fold": 5}
-REPORT_JOBS = {"report": 1, "paper_table": 1, "all": 1}
+#: the report products that read the folds' outputs (the slides products do not)
+FOLD_REPORT_JOBS = {
+    **{"report_cindex": 1, "report_training_curves": 1, "report_reconstruction": 1, "report_attention": 1},
+    **{"paper_table": 1, "all": 1},
+}
 
 
 @pytest.fixture
@@ -53,18 +57,21 @@ def test_a_finished_run_has_nothing_to_do(finished):
 
 def test_adding_a_model_adds_only_that_models_jobs(finished):
     jobs = planned(finished, "--config", "training={models: [ghanet, abmil]}", "--quiet", "rules")
-    assert jobs == {**FOLD_JOBS, **REPORT_JOBS}
+    assert jobs == {**FOLD_JOBS, **FOLD_REPORT_JOBS}
     dry = run([SNAKEMAKE, "-n", "--config", "training={models: [ghanet, abmil]}"], finished).stdout
     assert "model=abmil" in dry and "model=ghanet" not in dry, dry[-3000:]
 
 
 def test_evaluation_settings_rerun_evaluation_and_report_only(finished):
     jobs = planned(finished, *overlay(finished, "evaluation:\n  bootstrap: 50\n  auc_times_months: [24]\n"))
-    assert jobs == {"evaluate_fold": 5, **REPORT_JOBS}
+    assert jobs == {"evaluate_fold": 5, "report_cindex": 1, "paper_table": 1, "all": 1}
 
 
-def test_report_settings_rerun_the_report_only(finished):
-    assert planned(finished, *overlay(finished, "report:\n  decimals: 2\n")) == REPORT_JOBS
+def test_a_report_option_reruns_only_the_products_that_show_it(finished):
+    decimals = {"report_cindex": 1, "report_reconstruction": 1, "paper_table": 1, "all": 1}
+    assert planned(finished, *overlay(finished, "report:\n  decimals: 2\n")) == decimals
+    assert planned(finished, *overlay(finished, "report:\n  top_genes: 3\n")) == {"report_reconstruction": 1, "all": 1}
+    assert planned(finished, *overlay(finished, "report:\n  max_thumbnails: 10\n")) == {"report_qc_sheet": 1, "all": 1}
 
 
 def test_loader_and_device_settings_rerun_nothing(finished):
@@ -85,7 +92,7 @@ def test_a_tiling_setting_reruns_tiling_and_everything_after_it(finished):
 def test_more_epochs_retrain_and_resume_from_the_finished_epoch(finished):
     assert planned(finished, *overlay(finished, "training: {epochs: 30}\n"), "--quiet", "rules") == {
         **FOLD_JOBS,
-        **REPORT_JOBS,
+        **FOLD_REPORT_JOBS,
     }
     fold = f"results/{COHORT}/models/ghanet/fold_0"
     more = overlay(finished, "training: {epochs: 21}\n")
@@ -139,4 +146,4 @@ def test_a_truncated_coords_file_is_noticed_and_that_slide_is_tiled_again(finish
     with h5py.File(finished / coords, "r") as handle:
         assert handle["coords"].shape[0] > 0
     # Same patches again: no extraction or training; only the QC tables (timings) of the report.
-    assert set(planned(finished)) <= set(REPORT_JOBS)
+    assert set(planned(finished)) <= {"report_failed_slides", "report_qc_sheet", "all"}

@@ -61,12 +61,14 @@ NOT_COPIED = {"results", "logs", ".snakemake", ".git", ".venv", ".pytest_cache",
 #: demo's 40 synthetic slides, 43 slide files + unreadable.svs, 3 feature chunks and 5 folds
 EXPECTED_COMMANDS = {
     **{"demo-slide": 40, "tile": 44, "extract": 3, "cohort": 1, "splits": 1},
-    **{"train": 5, "evaluate": 5, "interpret": 5, "report": 2},
+    **{"train": 5, "evaluate": 5, "interpret": 5, "report": 7},
 }
 GPU_COMMANDS = {"extract", "train"}
+FOLD_REPORT_PRODUCTS = ("cindex", "training_curves", "reconstruction", "attention")  # those that read the folds
+REPORT_PRODUCTS = (*FOLD_REPORT_PRODUCTS, "failed_slides", "qc_sheet")
 #: the sbatch comment of each SLURM job the run submits: tiling in 2 group jobs (44 slides, up to
 #: 30 per group job), extraction in 3 chunks of 16 slides, three jobs per fold (train on a GPU,
-#: evaluate and interpret on CPUs)
+#: evaluate and interpret on CPUs), one job per report product
 EXPECTED_JOBS = Counter(
     {
         "rule_tiles_demo_slide_tile_slide": 2,
@@ -74,7 +76,7 @@ EXPECTED_JOBS = Counter(
         "rule_build_cohort": 1,
         "rule_make_splits": 1,
         **{f"rule_{rule}_wildcards_{MODEL}_{fold}": 1 for fold in FOLDS for rule in FOLD_RULES},
-        "rule_report": 1,
+        **{f"rule_report_{product}": 1 for product in REPORT_PRODUCTS},
         "rule_paper_table": 1,
     }
 )
@@ -344,7 +346,7 @@ def test_cancelled_fold_resumes_from_its_checkpoint_and_ends_as_the_uninterrupte
     assert rerun.returncode == 0, rerun.output[-5000:]
     assert {job.comment for job in sacct_jobs(rerun.run_id)} == {
         *(f"rule_{rule}_wildcards_{MODEL}_{KILLED_FOLD}" for rule in FOLD_RULES),
-        "rule_report",
+        *(f"rule_report_{product}" for product in FOLD_REPORT_PRODUCTS),  # the slides products ran in the killed run
         "rule_paper_table",
     }
     train_log = (workdir / "logs" / COHORT / "train_fold" / f"{MODEL}_fold_{KILLED_FOLD}.log").read_text()

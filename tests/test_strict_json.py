@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ghanet_workflow import cohort, metrics, preprocess, report, tiling
+from ghanet_workflow import cohort, metrics, preprocess, tiling
+from ghanet_workflow.report import cindex, qc
 from ghanet_workflow.atomic import dumps_json, strict_json, write_json
 from ghanet_workflow.fold import run_fold
 
@@ -97,7 +98,7 @@ def test_metrics_json_of_a_fold_without_test_events_is_strict(blca_cohort, tmp_p
     strict_load(out / "preprocessing.json")
 
     # the report reads null as missing (NaN) and shows the reasons
-    frame = report.fold_metrics_frame("snn", [0], {("snn", 0): out / "metrics.json"})
+    frame = cindex.fold_metrics_frame("snn", [0], {("snn", 0): out / "metrics.json"})
     row = frame.iloc[0]
     assert row["status"] == "ok" and math.isnan(row["cindex_harrell"]) and math.isnan(row["cindex_uno"])
     assert "cindex: no comparable pair" in row["notes"] and row["n_events"] == 0
@@ -155,7 +156,7 @@ def test_qc_json_of_a_failed_slide_is_strict(name, test_slides, tmp_path):
     # readers take null as missing
     table = tiling.qc_table([tmp_path / f"{slide_id}.qc.json"])
     assert list(table.columns) == list(tiling.QC_COLUMNS) and table["status"].tolist() == ["failed"]
-    slides = report.load_slide_table(qc_jsons=[tmp_path / f"{slide_id}.qc.json"])
+    slides = qc.load_slide_table(qc_jsons=[tmp_path / f"{slide_id}.qc.json"])
     assert slides.loc[0, "status"] == "failed"
     if name != "unreadable.svs":
         assert table["mpp"].isna().all() and pd.isna(slides.loc[0, "mpp"])

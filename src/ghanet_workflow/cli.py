@@ -22,7 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("ghanet_workflow.metrics", "survival metrics of one trained fold's predictions"),
     "interpret": ("ghanet_workflow.interpret", "gene reconstruction and attention on one fold's test patients"),
     "predict": ("ghanet_workflow.predict", "WSI-only risk for new patients from the trained fold models"),
-    "report": ("ghanet_workflow.report", "aggregate folds into report tables"),
+    "report": ("ghanet_workflow.report.cli", "aggregate folds into report tables and figures, one product per command"),
     "slurm-profile": ("ghanet_workflow.slurm_profile", "write the site's SLURM profile (snakemake --profile slurm)"),
 }
 

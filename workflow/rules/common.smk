@@ -1,9 +1,7 @@
 # Shared tables, paths and input functions. Rules stay thin: each calls one `ghanet-wf` subcommand.
 
 import json
-import os
 import shlex
-import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -137,6 +135,8 @@ import sys
 
 from ghanet_workflow import slide_files, slide_table
 from ghanet_workflow.errors import InputError
+from ghanet_workflow.report import partial as partial_report
+from ghanet_workflow.report.options import product_options
 
 # Wildcard-safe key of a slide: its id without the file extension (the cohort stage's own).
 slide_key = slide_table.slide_key
@@ -339,72 +339,48 @@ def fold_outputs(name):
     )
 
 
+def report_options(product):
+    """The `report:` options that one report product reads, as JSON (its rule's params)."""
+    return json.dumps(product_options(config.get("report"), product), sort_keys=True)
+
+
 def report_outputs():
-    return [
-        f"{RESULTS}/report/cindex.md",
-        f"{RESULTS}/report/cindex.csv",
-        f"{RESULTS}/report/failed_slides.md",
-        f"{RESULTS}/report/km.png",
-        f"{RESULTS}/report/paper_table.md",
+    """Every report product of the cohort: what `rule all` asks for."""
+    products = [
+        rules.report_cindex,
+        rules.report_training_curves,
+        rules.report_failed_slides,
+        rules.report_qc_sheet,
+        rules.report_reconstruction,
+        rules.report_attention,
+        rules.paper_table,
     ]
+    return [path for rule in products for path in rule.output]
 
 
-# Written after a failed run, removed by the next complete report (rule report).
+# Written after a failed run, removed by the next complete C-index report (rule report_cindex).
 PARTIAL_REPORT = f"{RESULTS}/report_partial"
 
 
 def write_partial_report():
-    """After a failed run (onerror): the report of whatever finished, naming each failed fold.
-
-    Snakemake does not run the report rule when a fold failed, yet the finished folds are worth
-    reading. This writes the same tables from the fold files that exist, with an "Incomplete"
-    banner and each missing fold's reason from its training log, into PARTIAL_REPORT: not into
-    report/, whose files present and newer than the fold outputs would tell the next run that
-    nothing is left to do. The next complete report removes it. Never raises: the run has
-    already failed.
-    """
+    """After a failed run (onerror): the report of whatever finished (ghanet_workflow.report.partial)."""
     if not Path(rules.build_cohort.output.patients).is_file():
         return
-    out_dir = Path(PARTIAL_REPORT)
-    log_file = Path(f"{LOGS}/report_partial.log")
-    report_options = options("report")
-    commands = [
-        ["--results-dir", RESULTS, "--models", *MODELS, "--folds", *map(str, FOLDS)]
-        + ["--cohort", COHORT, "--encoder", ENCODER]
-        + ["--target-mpp", str(config["tiling"]["target_mpp"])]
-        + ["--failure-logs", f"{LOGS}/train_fold", "--out-dir", str(out_dir)],
-        [
-            "paper",
-            "--cindex",
-            str(out_dir / "cindex.csv"),
-            *config["paper_table"]["other_cohorts"],
-        ]
-        + ["--out-dir", str(out_dir)],
-    ]
-    env = dict(
-        os.environ,
-        PYTHONPATH=os.pathsep.join(
-            [str(REPO / "src"), os.environ.get("PYTHONPATH", "")]
-        ),
+    message = partial_report.write_partial_report(
+        PARTIAL_REPORT,
+        f"{LOGS}/report_partial.log",
+        REPO / "src",
+        results=RESULTS,
+        models=MODELS,
+        folds=FOLDS,
+        cohort=COHORT,
+        encoder=ENCODER,
+        target_mpp=config["tiling"]["target_mpp"],
+        failure_logs=f"{LOGS}/train_fold",
+        other_cohorts=config["paper_table"]["other_cohorts"],
+        options=options("report"),
     )
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "w") as log_stream:
-        for arguments in commands:
-            command = ["python", "-m", "ghanet_workflow.cli", "report", *arguments]
-            command += ["--options", report_options]
-            done = subprocess.run(
-                command, stdout=log_stream, stderr=subprocess.STDOUT, env=env
-            )
-            if done.returncode != 0:
-                logger.warning(
-                    f"No partial report: the report command failed; see {log_file}"
-                )
-                return
-    logger.warning(
-        f"Partial report of the finished folds written to {out_dir}/: cindex.md names each failed "
-        "fold and its reason. Fix the cause and rerun the same command: only what failed reruns, "
-        "and the complete report replaces this one."
-    )
+    logger.warning(message)
 
 
 # ---------------------------------------------------------------- resources (grow on retry)

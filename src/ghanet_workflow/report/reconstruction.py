@@ -1,0 +1,132 @@
+"""The genomic-reconstruction product: how well each model recovers each signature group's genes
+from the slides alone (Pearson r on the test folds), with the best-reconstructed genes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from ..atomic import write_csv, write_text
+from ..errors import InputError
+from .inputs import expected_folds, index_fold_files, models_in, read_csv
+from .options import resolve_options
+from .text import as_html_tables, fmt_mean_std, fmt_number, html_page, std_name
+
+RECONSTRUCTION_COLUMNS = ("group", "gene", "pearson_r")
+#: columns of the report's reconstruction.csv (after ``model``)
+RECONSTRUCTION_TABLE = ["group", "n_genes", "mean_r", "std_r", "n_folds", "top_genes"]
+
+
+def write_reconstruction_report(
+    reconstruction: Iterable[str | Path],
+    out_md: str | Path,
+    out_csv: str | Path,
+    *,
+    folds: Sequence[int] | None = None,
+    default_model: str = "ghanet",
+    options: Mapping | None = None,
+    out_html: str | Path | None = None,
+) -> pd.DataFrame:
+    """Genomic reconstruction per signature group: mean Pearson r on the test folds and the top genes.
+
+    Each ``reconstruction.csv`` (group, gene, pearson_r) is one fold; the group's r is the mean over
+    its genes per fold, then mean ± std over folds. A missing file is listed, not an error; a model
+    whose files hold no rows (no reconstruction head, e.g. ABMIL) is named as such.
+    """
+    options = resolve_options(options)
+    files = index_fold_files(reconstruction, default_model)
+    fold_ids = expected_folds(files, folds)
+    sections, html_sections, tables, without = [], [], [], []
+    for model in models_in(files):
+        per_fold, missing = _reconstruction_folds(model, fold_ids, files)
+        if per_fold.empty and len(missing) < len(fold_ids):
+            without.append(model)
+            continue
+        table = _reconstruction_table(
+            per_fold, int(options["std_ddof"]), int(options["top_genes"]), int(options["decimals"])
+        )
+        table.insert(0, "model", model)
+        tables.append(table)
+        sections.append(_reconstruction_markdown(model, table, missing, len(fold_ids), options))
+        html_sections.append(
+            _reconstruction_markdown(model, table, missing, len(fold_ids), as_html_tables(options))
+        )
+    note = f"Models without gene reconstruction: {', '.join(without)}.\n" if without else ""
+    empty = "No reconstruction outputs were given.\n" if not sections and not without else ""
+    write_text(out_md, "# Genomic reconstruction\n\n" + "\n".join(sections) + note + empty)
+    if out_html is not None:
+        page = "# Genomic reconstruction\n\n" + "\n".join(html_sections) + note + empty
+        write_text(out_html, html_page("Genomic reconstruction", page))
+    table = (
+        pd.concat(tables, ignore_index=True)
+        if tables
+        else pd.DataFrame(columns=["model", *RECONSTRUCTION_TABLE])
+    )
+    write_csv(out_csv, table)
+    return table
+
+
+def _reconstruction_folds(model: str, folds: Sequence[int], files) -> tuple[pd.DataFrame, list[str]]:
+    """Stacked reconstruction rows of the folds that have a file, and a note per fold that does not."""
+    parts, missing = [], []
+    for fold in folds:
+        path = files.get((model, fold))
+        if path is None or not path.is_file():
+            missing.append(f"fold {fold} ({'not given' if path is None else f'not found: {path}'})")
+            continue
+        frame = read_csv(path)
+        absent = [c for c in RECONSTRUCTION_COLUMNS if c not in frame.columns]
+        if absent:
+            raise InputError(
+                f"{path}: missing column(s) {absent}; reconstruction.csv needs {list(RECONSTRUCTION_COLUMNS)}"
+            )
+        parts.append(frame.assign(fold=fold))
+    empty = pd.DataFrame(columns=[*RECONSTRUCTION_COLUMNS, "fold"])
+    return (pd.concat(parts, ignore_index=True) if parts else empty), missing
+
+
+def _reconstruction_table(rows: pd.DataFrame, ddof: int, top: int, decimals: int) -> pd.DataFrame:
+    """Per group: genes, mean/std over folds of the per-fold mean r, folds, and the top genes by mean r."""
+    out = []
+    for group, frame in rows.groupby("group", sort=False):
+        per_fold = frame.groupby("fold")["pearson_r"].mean()
+        gene_r = frame.groupby("gene")["pearson_r"].mean().sort_values(ascending=False).dropna()
+        out.append(
+            {
+                "group": group,
+                "n_genes": frame["gene"].nunique(),
+                "mean_r": per_fold.mean(),
+                "std_r": per_fold.std(ddof=ddof),
+                "n_folds": len(per_fold),
+                "top_genes": ", ".join(
+                    f"{g} ({fmt_number(r, decimals)})" for g, r in gene_r.head(top).items()
+                ),
+            }
+        )
+    return pd.DataFrame(out, columns=RECONSTRUCTION_TABLE)
+
+
+def _reconstruction_markdown(
+    model: str, table: pd.DataFrame, missing: list[str], n_folds: int, options: dict
+) -> str:
+    """Markdown section of one model's reconstruction table."""
+    decimals = int(options["decimals"])
+    rows = [
+        [r.group, r.n_genes, fmt_mean_std(r.mean_r, r.std_r, decimals), r.top_genes]
+        for r in table.itertuples()
+    ]
+    body = tabulate(
+        rows,
+        headers=["Group", "Genes", "Mean Pearson r", f"Top {options['top_genes']} genes (r)"],
+        tablefmt=options["tablefmt"],
+        disable_numparse=True,
+    )
+    note = (
+        f"Pearson r between reconstructed and true genes of the test patients, averaged over a group's genes "
+        f"per fold, then mean ± std over {n_folds - len(missing)} fold(s) ({std_name(options['std_ddof'])}). "
+        f"Missing folds: {'; '.join(missing) or 'none.'}"
+    )
+    return f"## {model}\n\n{body}\n\n{note}\n"
