@@ -31,6 +31,9 @@ from ghanet_workflow.losses import total_loss
 from ghanet_workflow.model import build_model
 from ghanet_workflow.train import Case, balanced_weights, model_config, resolve_options, train
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from reference_cab import use_reference_cab  # noqa: E402  (the reference's CAB, shared with tests/test_model.py)
+
 GROUP_SIZES = [94, 334, 521, 468, 1496, 479]  # BLCA, all genes
 
 
@@ -71,7 +74,8 @@ def time_reference(
         torch.save(case.features, paths[case_id])
     torch.manual_seed(1)
     model = build_model("ghanet", model_config(resolve_options(options), dim, GROUP_SIZES, 4)).to(device)
-    model.cab.reuse_keys_values = not reference_cab
+    if reference_cab:
+        use_reference_cab(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-4, weight_decay=1e-5)
     ids = list(cases)
     order = torch.multinomial(

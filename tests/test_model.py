@@ -19,6 +19,7 @@ from ghanet_workflow.model import (
     top_ratio_hyperedges,
 )
 from ghanet_workflow.train import model_config, resolve_options
+from reference_cab import reference_cab_forward
 
 IN_DIM = 24
 GROUP_SIZES = [3, 7, 5, 4, 9, 6]
@@ -119,8 +120,7 @@ def test_cab_computes_keys_and_values_once_with_the_same_result_as_two_plain_rou
     cab.cross_attention.to_k.register_forward_hook(lambda *_: calls.append("k"))
     tokens, logits, _ = cab(features)
     assert calls == ["k"]  # one key projection of the N patches for both rounds
-    cab.reuse_keys_values = False  # the reference's way: keys and values recomputed in each round
-    plain, plain_logits, _ = cab(features)
+    plain, plain_logits, _ = reference_cab_forward(cab, features)  # keys and values recomputed in each round
     assert calls == ["k"] * 3
     assert torch.equal(tokens, plain) and torch.equal(logits, plain_logits)
 

@@ -147,8 +147,6 @@ class CrossModalAssociatingBranch(nn.Module):
     has its own LayerNorms and GEGLU feed-forward. A group with 0 selected genes gets no head.
     """
 
-    reuse_keys_values = True
-
     def __init__(self, in_dim: int, group_sizes: Sequence[int], dim: int, n_heads: int, dropout: float):
         super().__init__()
         self.group_sizes = [int(n) for n in group_sizes]
@@ -168,16 +166,17 @@ class CrossModalAssociatingBranch(nn.Module):
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
         """Return (group representations [G, dim], round-2 logits [G, N], reconstructions)."""
         patches = self.patch_norm(self.patch_projection(features))
-        # The same in both rounds; ``reuse_keys_values = False`` recomputes them per round, as the
-        # reference code does (same result, more work: kept for the tests and the benchmark).
-        keys_values = self.cross_attention.keys_values(patches) if self.reuse_keys_values else None
+        # The same in both rounds, so computed once; the reference code recomputes them per round
+        # (same result, more work: tests/reference_cab.py, compared in tests/test_model.py).
+        keys_values = self.cross_attention.keys_values(patches)
         tokens, _ = self.cross_attention(self.token_norm_1(self.tokens), patches, keys_values)
         tokens = self.feed_forward_1(self.ff_norm_1(tokens)) + tokens
         tokens, logits = self.cross_attention(self.token_norm_2(self.tokens + tokens), patches, keys_values)
         tokens = self.output_norm(self.feed_forward_2(self.ff_norm_2(tokens)) + tokens)
-        return tokens, logits, self._reconstruct(tokens)
+        return tokens, logits, self.reconstruct(tokens)
 
-    def _reconstruct(self, tokens: Tensor) -> list[Tensor]:
+    def reconstruct(self, tokens: Tensor) -> list[Tensor]:
+        """Each group's genes from its representation (an empty tensor for a group without a head)."""
         empty = tokens.new_zeros(0)
         return [self.heads[str(i)](tokens[i]) if str(i) in self.heads else empty for i in range(len(self.group_sizes))]
 
