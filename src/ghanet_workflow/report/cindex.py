@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sksurv.metrics import concordance_index_censored
 from tabulate import tabulate
 
 from .. import plots
 from ..atomic import write_csv, write_text
 from ..errors import InputError
+from ..metrics import pooled_cindex
 from .inputs import (
     PREDICTION_COLUMNS,
     expected_folds,
@@ -101,26 +101,6 @@ def summary_rows(folds: pd.DataFrame, ddof: int) -> pd.DataFrame:
     mean = {"fold": "mean", **values.mean().to_dict(), **done[list(COUNT_TITLES)].sum(min_count=1).to_dict()}
     std = {"fold": "std", **values.std(ddof=ddof).to_dict()}
     return pd.DataFrame([mean, std])
-
-
-def pooled_cindex(test: pd.DataFrame) -> dict:
-    """Harrell's C-index (sksurv) of all test-fold predictions pooled, with patients and events."""
-    if test.empty or not test["event"].astype(bool).any():
-        return {
-            "fold": "pooled",
-            "cindex_harrell": float("nan"),
-            "n_patients": len(test),
-            "n_events": int(test["event"].sum()) if len(test) else 0,
-        }
-    cindex = concordance_index_censored(
-        test["event"].astype(bool).to_numpy(), test["time"].to_numpy(float), test["risk"].to_numpy(float)
-    )[0]
-    return {
-        "fold": "pooled",
-        "cindex_harrell": float(cindex),
-        "n_patients": len(test),
-        "n_events": int(test["event"].sum()),
-    }
 
 
 def risk_group_labels(n_groups: int) -> list[str]:
@@ -264,7 +244,7 @@ def model_cindex_table(
     fold_rows = fold_metrics_frame(model, folds, metrics_files, failure_logs)
     summary = summary_rows(fold_rows, ddof).assign(kind=["mean", "std"])
     fold_rows = fold_rows.assign(kind="fold")
-    pooled = pd.DataFrame([pooled_cindex(test)]).assign(kind="pooled")
+    pooled = pd.DataFrame([{"fold": "pooled", **pooled_cindex(test)}]).assign(kind="pooled")
     table = pd.concat([fold_rows, summary, pooled], ignore_index=True)
     table["model"] = model
     return table[["model", "kind", "fold", *[c for c in table.columns if c not in ("model", "kind", "fold")]]]
