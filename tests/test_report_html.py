@@ -43,6 +43,7 @@ EXPECTED = {
 }
 REGISTERED = {
     "cindex.html": "Survival",
+    "comparison.html": "Survival",
     "predictions.csv": "Survival",
     "km.png": "Survival",
     "cindex_strip.png": "Survival",
@@ -161,5 +162,5 @@ def test_changing_a_table_option_reruns_only_the_report(demo_run, tmp_path):  # 
     stats = re.search(r"Job stats:\njob\s+count\n-+\s+-+\n(.*?)\ntotal", dry.stdout + dry.stderr, re.S)
     assert stats, dry.stdout[-3000:]
     jobs = {line.split()[0] for line in stats.group(1).splitlines() if line.strip()}
-    shown = {"report_cindex", "report_reconstruction", "paper_table"}  # the products with decimals in them
+    shown = {"report_cindex", "report_comparison", "report_reconstruction", "paper_table"}  # the products with decimals in them
     assert jobs - {"all"} == shown, f"changing report.decimals would rerun {sorted(jobs)}"  # all: the target

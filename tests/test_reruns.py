@@ -22,8 +22,8 @@ COHORT = "demo_blca"
 FOLD_JOBS = {"train_fold": 5, "evaluate_fold": 5, "interpret_fold": 5}
 #: the report products that read the folds' outputs (the slides products do not)
 FOLD_REPORT_JOBS = {
-    **{"report_cindex": 1, "report_training_curves": 1, "report_reconstruction": 1, "report_attention": 1},
-    **{"paper_table": 1, "all": 1},
+    **{"report_cindex": 1, "report_comparison": 1, "report_training_curves": 1, "report_reconstruction": 1},
+    **{"report_attention": 1, "paper_table": 1, "all": 1},
 }
 
 
@@ -68,7 +68,7 @@ def test_evaluation_settings_rerun_evaluation_and_report_only(finished):
 
 
 def test_a_report_option_reruns_only_the_products_that_show_it(finished):
-    decimals = {"report_cindex": 1, "report_reconstruction": 1, "paper_table": 1, "all": 1}
+    decimals = {"report_cindex": 1, "report_comparison": 1, "report_reconstruction": 1, "paper_table": 1, "all": 1}
     assert planned(finished, *overlay(finished, "report:\n  decimals: 2\n")) == decimals
     assert planned(finished, *overlay(finished, "report:\n  top_genes: 3\n")) == {"report_reconstruction": 1, "all": 1}
     assert planned(finished, *overlay(finished, "report:\n  max_thumbnails: 10\n")) == {"report_qc_sheet": 1, "all": 1}

@@ -61,10 +61,10 @@ NOT_COPIED = {"results", "logs", ".snakemake", ".git", ".venv", ".pytest_cache",
 #: demo's 40 synthetic slides, 43 slide files + unreadable.svs, 3 feature chunks and 5 folds
 EXPECTED_COMMANDS = {
     **{"demo-slide": 40, "tile": 44, "extract": 3, "cohort": 1, "splits": 1},
-    **{"train": 5, "evaluate": 5, "interpret": 5, "report": 7},
+    **{"train": 5, "evaluate": 5, "interpret": 5, "report": 8},
 }
 GPU_COMMANDS = {"extract", "train"}
-FOLD_REPORT_PRODUCTS = ("cindex", "training_curves", "reconstruction", "attention")  # those that read the folds
+FOLD_REPORT_PRODUCTS = ("cindex", "comparison", "training_curves", "reconstruction", "attention")  # those that read the folds
 REPORT_PRODUCTS = (*FOLD_REPORT_PRODUCTS, "failed_slides", "qc_sheet")
 #: the sbatch comment of each SLURM job the run submits: tiling in 2 group jobs (44 slides, up to
 #: 30 per group job), extraction in 3 chunks of 16 slides, three jobs per fold (train on a GPU,

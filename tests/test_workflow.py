@@ -121,8 +121,8 @@ def test_a_failed_fold_leaves_a_partial_report_and_a_rerun_retries_only_that_fol
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert job_counts(rerun.stdout + rerun.stderr) == {
         **{"train_fold": 1, "evaluate_fold": 1, "interpret_fold": 1},
-        **{"report_cindex": 1, "report_training_curves": 1, "report_reconstruction": 1, "report_attention": 1},
-        **{"paper_table": 1, "all": 1, "total": 9},
+        **{"report_cindex": 1, "report_comparison": 1, "report_training_curves": 1, "report_reconstruction": 1},
+        **{"report_attention": 1, "paper_table": 1, "all": 1, "total": 10},
     }
     assert kept == {p: p.stat().st_mtime_ns for p in kept}
     assert "Incomplete" not in (results / "report" / "cindex.md").read_text()

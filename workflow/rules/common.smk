@@ -148,6 +148,13 @@ def stop(error):
     sys.exit(1)
 
 
+if len(MODELS) > 1 and config["report"]["reference_model"] not in MODELS:
+    stop(
+        f"report.reference_model: {config['report']['reference_model']!r} is not one of training.models "
+        f"{MODELS}; set it to the model the others are compared with"
+    )
+
+
 def load_slide_table():
     """One row per slide: slide_id, key, case_id, path, mpp, source, produced (by the demo rule), exists."""
     return slide_table.load_slide_table(
@@ -344,10 +351,20 @@ def report_options(product):
     return json.dumps(product_options(config.get("report"), product), sort_keys=True)
 
 
+def other_cohort_comparisons():
+    """comparison.csv next to each `paper_table.other_cohorts` table, where that run wrote one."""
+    siblings = (
+        Path(path).parent / "comparison.csv"
+        for path in config["paper_table"]["other_cohorts"]
+    )
+    return [str(path) for path in siblings if path.is_file()]
+
+
 def report_outputs():
     """Every report product of the cohort: what `rule all` asks for."""
     products = [
         rules.report_cindex,
+        rules.report_comparison,
         rules.report_training_curves,
         rules.report_failed_slides,
         rules.report_qc_sheet,

@@ -59,6 +59,37 @@ rule report_cindex:
         " --out-dir {params.out_dir:q} --replaces {params.partial_dir:q} --options {params.options:q} > {log:q} 2>&1"
 
 
+# Each model against report.reference_model on the same folds: mean ΔC, corrected resampled
+# t-test, paired bootstrap CI (src/ghanet_workflow/report/comparison.py).
+rule report_comparison:
+    input:
+        fold_outputs("predictions.csv"),
+    output:
+        md=f"{RESULTS}/report/comparison.md",
+        html=report(
+            f"{RESULTS}/report/comparison.html",
+            caption="../report/comparison.rst",
+            category="Survival",
+            subcategory=COHORT,
+            labels={"result": "paired model comparison"},
+        ),
+        csv=f"{RESULTS}/report/comparison.csv",
+        tex=f"{RESULTS}/report/comparison.tex",
+    log:
+        f"{LOGS}/report/comparison.log",
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        **SMALL_JOB,
+    params:
+        out_dir=parent_dir("md"),
+        cohort=COHORT,
+        options=report_options("comparison"),
+    shell:
+        "exec python -m ghanet_workflow.cli report comparison --predictions {input:q} --cohort {params.cohort:q}"
+        " --out-dir {params.out_dir:q} --options {params.options:q} > {log:q} 2>&1"
+
+
 rule report_training_curves:
     input:
         fold_outputs("training_log.csv"),
@@ -197,10 +228,13 @@ rule report_attention:
 
 
 # The models x cohorts table: this run's cohort plus the cindex.csv of other cohorts' runs listed
-# under `paper_table.other_cohorts` (run each cohort with its own --configfile first).
+# under `paper_table.other_cohorts` (run each cohort with its own --configfile first); a cell is
+# marked where comparison.csv (this cohort's, and those next to the other cohorts' tables) says
+# the model differs from the reference model.
 rule paper_table:
     input:
         cindex=[rules.report_cindex.output.csv, *config["paper_table"]["other_cohorts"]],
+        comparison=[rules.report_comparison.output.csv, *other_cohort_comparisons()],
     output:
         md=f"{RESULTS}/report/paper_table.md",
         tex=f"{RESULTS}/report/paper_table.tex",
@@ -222,5 +256,6 @@ rule paper_table:
         out_dir=parent_dir("md"),
         options=report_options("paper"),
     shell:
-        "exec python -m ghanet_workflow.cli report paper --cindex {input.cindex:q} --out-dir {params.out_dir:q}"
+        "exec python -m ghanet_workflow.cli report paper --cindex {input.cindex:q} --comparison {input.comparison:q}"
+        " --out-dir {params.out_dir:q}"
         " --options {params.options:q} > {log:q} 2>&1"

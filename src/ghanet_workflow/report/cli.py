@@ -1,6 +1,7 @@
 """``ghanet-wf report <product> ...``: one report product per command (one Snakemake rule each).
 
-Products: ``cindex`` (tables, out-of-fold predictions, KM and per-fold figures), ``training-curves``,
+Products: ``cindex`` (tables, out-of-fold predictions, KM and per-fold figures), ``comparison``
+(each model against the reference model, with statistics), ``training-curves``,
 ``failed-slides``, ``qc-sheet``, ``reconstruction``, ``attention`` and ``paper`` (models x
 cohorts from cindex.csv files). Without a product name, every cohort product is written: that is
 how a user reports a results folder by hand (``--results-dir``) and how the partial report of a
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..options import parse_options
-from . import attention, cindex, qc, reconstruction, training
+from . import attention, cindex, comparison, qc, reconstruction, training
 from .inputs import discover_inputs, qc_pngs_next_to
 from .options import DEFAULTS, resolve_options
 from .paper import write_paper_table
@@ -24,7 +25,7 @@ from .paper import write_paper_table
 log = logging.getLogger(__name__)
 
 #: the products of one cohort, in the order ``ghanet-wf report`` without a product writes them
-COHORT_PRODUCTS = ("cindex", "training-curves", "failed-slides", "qc-sheet", "reconstruction", "attention")
+COHORT_PRODUCTS = ("cindex", "comparison", "training-curves", "failed-slides", "qc-sheet", "reconstruction", "attention")
 #: per-fold and per-slide input lists of the cohort products
 INPUT_LISTS = {
     "--metrics": "per-fold metrics.json",
@@ -80,6 +81,9 @@ def paper_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cindex", nargs="+", type=Path, required=True, help="results/<cohort>/report/cindex.csv files"
     )
+    parser.add_argument(
+        "--comparison", nargs="*", type=Path, default=[], help="comparison.csv files: mark cells that differ from the reference"
+    )
     parser.add_argument("--out-dir", type=Path, required=True, help="writes paper_table.md/.tex/.csv here")
     parser.add_argument("--options", help="JSON object of report options (config section 'report')")
     return parser
@@ -117,6 +121,10 @@ def run_cohort_products(args: argparse.Namespace, products: tuple[str, ...]) -> 
         )
         written += [out_dir / n for n in ("cindex.md", "cindex.html", "cindex.csv", "predictions.csv")]
         written += cindex.write_survival_figures(table, test, out_dir, options)
+    if "comparison" in products and given["predictions"]:
+        cohort = args.cohort or out_dir.resolve().parent.name
+        comparison.write_comparison({cohort: given["predictions"]}, out_dir, options)
+        written += [out_dir / f"comparison.{ext}" for ext in ("md", "html", "csv", "tex")]
     if "training-curves" in products and given["training_logs"]:
         written += training.write_training_curves(
             given["training_logs"], out_dir / "training_curves.png", options, args.model
@@ -169,6 +177,7 @@ def run_paper_table(argv: list[str]) -> list[Path]:
         out / "paper_table.csv",
         parse_options(args.options, DEFAULTS, "report"),
         out_html=out / "paper_table.html",
+        comparison_csvs=args.comparison,
     )
     return [out / f"paper_table.{ext}" for ext in ("md", "tex", "csv", "html")]
 

@@ -23,6 +23,10 @@ DEFAULTS: dict = {
     "top_genes": 5,  # best-reconstructed genes named per signature group
     "max_thumbnails": 48,  # thumbnails on the tiling QC contact sheet (failed slides first)
     "attention_patients": 4,  # patients in the G-HANet attention figure (half highest-, half lowest-risk)
+    "reference_model": "ghanet",  # the model every other one is compared with (comparison table, paper-table markers)
+    "comparison_level": 0.95,  # bootstrap CI level; a difference is marked when p < 1 - level
+    "comparison_bootstrap": 1000,  # paired bootstrap resamples of each fold's test patients
+    "comparison_seed": 1,  # seed of the paired bootstrap
 }
 FIGURE_FORMATS = {"png", "svg", "pdf"}
 #: report product (``ghanet-wf report <product>``, one Snakemake rule each) -> the options it reads
@@ -33,7 +37,8 @@ PRODUCT_OPTIONS: dict[str, tuple[str, ...]] = {
     "qc-sheet": ("max_thumbnails", "formats"),
     "reconstruction": ("decimals", "std_ddof", "tablefmt", "top_genes"),
     "attention": ("attention_patients", "formats"),
-    "paper": ("paper_metric", "decimals", "std_ddof", "tablefmt"),
+    "comparison": ("decimals", "tablefmt", "reference_model", "comparison_level", "comparison_bootstrap", "comparison_seed"),
+    "paper": ("paper_metric", "decimals", "std_ddof", "tablefmt", "reference_model", "comparison_level"),
 }
 
 
@@ -52,6 +57,8 @@ def resolve_options(options: Mapping | None) -> dict:
         raise InputError(f"report option formats={merged['formats']}: use some of {sorted(FIGURE_FORMATS)}")
     if int(merged["attention_patients"]) < 0:
         raise InputError(f"report option attention_patients={merged['attention_patients']}: use 0 or more")
+    if not 0 < float(merged["comparison_level"]) < 1:
+        raise InputError(f"report option comparison_level={merged['comparison_level']}: use a level between 0 and 1, e.g. 0.95")
     if int(merged["km_groups"]) < 2:
         raise InputError(f"report option km_groups={merged['km_groups']}: use 2 (median) or more")
     return merged

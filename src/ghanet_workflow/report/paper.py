@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from ..atomic import write_csv, write_text
 from ..errors import InputError
 from .inputs import read_csv
 from .options import resolve_options
-from .text import fmt_mean_std, fmt_number, html_page, std_name
+from .text import booktabs, fmt_mean_std, fmt_number, html_page, latex_escape, std_name
 
 
 def paper_cells(cindex_tables: Sequence[pd.DataFrame], metric: str, ddof: int) -> pd.DataFrame:
@@ -63,13 +62,14 @@ def paper_rows(cells: pd.DataFrame, decimals: int, style: str) -> tuple[list[str
     partial = cells.pivot(index="model", columns="cohort", values="n_folds_ok") < cells.pivot(
         index="model", columns="cohort", values="n_folds"
     )
+    differs = cells.pivot(index="model", columns="cohort", values="differs").fillna(False).astype(bool)
     models = list(dict.fromkeys(cells["model"]))
     cohorts = list(dict.fromkeys(cells["cohort"]))
     bold = _bold_mask(means.loc[models, cohorts], decimals)
-    pm, wrap, esc = {
-        "latex": ("$\\pm$", "\\textbf{{{}}}", _latex_escape),
-        "html": ("±", "<strong>{}</strong>", html.escape),
-        "markdown": ("±", "**{}**", str),
+    pm, wrap, esc, dagger, star = {
+        "latex": ("$\\pm$", "\\textbf{{{}}}", latex_escape, "$^\\dagger$", "$^{*}$"),
+        "html": ("±", "<strong>{}</strong>", html.escape, "†", "*"),
+        "markdown": ("±", "**{}**", str, "†", "\\*"),
     }[style]
     rows = []
     for model in models:
@@ -80,14 +80,25 @@ def paper_rows(cells: pd.DataFrame, decimals: int, style: str) -> tuple[list[str
                 fmt_number(mean, decimals) if cohort == "Overall" else fmt_mean_std(mean, std, decimals, pm)
             )
             text = wrap.format(text) if bold.at[model, cohort] else text
-            row.append(text + ("$^\\dagger$" if style == "latex" else "†") * bool(partial.at[model, cohort]))
+            marks = star * bool(differs.at[model, cohort]) + dagger * bool(partial.at[model, cohort])
+            row.append(text + marks)
         rows.append(row)
     return ["Model", *(esc(c) for c in cohorts)], rows
 
 
-def _latex_escape(text: str) -> str:
-    """Escape LaTeX special characters in a model or cohort name."""
-    return re.sub(r"([_&%#$])", r"\\\1", str(text))
+def significant_cells(cells: pd.DataFrame, comparison_csvs: Iterable[str | Path]) -> pd.Series:
+    """Per cell: True where a comparison.csv row says the model differs from the reference there."""
+    frames = [read_csv(Path(p)) for p in comparison_csvs]
+    if not frames:
+        return pd.Series(False, index=cells.index)
+    rows = pd.concat(frames, ignore_index=True)
+    marked = {key for key, flag in zip(zip(rows["model"], rows["cohort"]), rows["significant"]) if _true(flag)}
+    return pd.Series([(m, c) in marked for m, c in zip(cells["model"], cells["cohort"])], index=cells.index)
+
+
+def _true(flag) -> bool:
+    """A ``significant`` cell of comparison.csv (read back as bool or as text)."""
+    return str(flag).strip().lower() == "true"
 
 
 def write_paper_table(
@@ -97,12 +108,14 @@ def write_paper_table(
     out_csv: str | Path,
     options: Mapping | None = None,
     out_html: str | Path | None = None,
+    comparison_csvs: Iterable[str | Path] = (),
 ) -> pd.DataFrame:
     """Models x cohorts table of mean ± std over folds (+ overall mean), best per column bold.
 
-    Reads the ``cindex.csv`` of each cohort; writes markdown, LaTeX (tabulate ``latex_raw``), a
-    long CSV (model, cohort, mean, std, n_folds_ok, n_folds) and, with ``out_html``, the markdown
-    as an HTML page. Returns the long table.
+    Reads the ``cindex.csv`` of each cohort, and the ``comparison.csv`` files whose significant
+    rows mark a cell with * (differs from the reference model); writes markdown, LaTeX (tabulate
+    ``latex_raw`` with booktabs rules), a long CSV (model, cohort, mean, std, n_folds_ok,
+    n_folds, differs) and, with ``out_html``, the markdown as an HTML page. Returns the long table.
     """
     options = resolve_options(options)
     metric, decimals, ddof = options["paper_metric"], int(options["decimals"]), int(options["std_ddof"])
@@ -113,11 +126,17 @@ def write_paper_table(
         )
     cells = paper_cells(tables, metric, ddof)
     cells = pd.concat([cells, overall_cells(cells)], ignore_index=True)
+    cells["differs"] = significant_cells(cells, comparison_csvs)
     note = (
         f"Cells: mean ± std of {metric} over folds ({std_name(ddof)}); "
         "Overall: mean over cohorts of the per-cohort means. Bold: best per column. "
         "† not every fold completed (see each cohort's cindex.md)."
     )
+    if comparison_csvs:
+        note += (
+            f" * Harrell's C differs from {options['reference_model']}'s (paired comparison, corrected "
+            f"resampled t-test, p < {1 - float(options['comparison_level']):g}; see comparison.md)."
+        )
     headers, rows = paper_rows(cells, decimals, "markdown")
     write_text(
         out_md,
@@ -129,7 +148,7 @@ def write_paper_table(
         table = tabulate(rows, headers=headers, tablefmt="unsafehtml", disable_numparse=True)
         write_text(out_html, html_page("Models x cohorts", f"# Models x cohorts\n\n{table}\n\n{note}\n"))
     headers, rows = paper_rows(cells, decimals, "latex")
-    latex = tabulate(rows, headers=headers, tablefmt="latex_raw", disable_numparse=True)
+    latex = booktabs(tabulate(rows, headers=headers, tablefmt="latex_raw", disable_numparse=True))
     write_text(out_tex, f"{latex}\n% {note}\n")
     write_csv(out_csv, cells)
     return cells

@@ -37,7 +37,8 @@ def partial_report_commands(
         *("--cohort", cohort, "--encoder", encoder, "--target-mpp", str(target_mpp)),
         *("--failure-logs", failure_logs, "--out-dir", str(out_dir)),
     ]
-    paper = ["paper", "--cindex", str(out_dir / "cindex.csv"), *other_cohorts, "--out-dir", str(out_dir)]
+    paper = ["paper", "--cindex", str(out_dir / "cindex.csv"), *other_cohorts]
+    paper += ["--comparison", str(out_dir / "comparison.csv"), "--out-dir", str(out_dir)]
     return [[*arguments, "--options", options] for arguments in (cohort_products, paper)]
 
 

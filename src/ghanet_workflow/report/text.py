@@ -95,3 +95,19 @@ def _html_block(block: str) -> str:
 def _inline(text: str) -> str:
     """HTML-escaped text with markdown ``**bold**`` as <strong>."""
     return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text))
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX special characters in a model or cohort name."""
+    return re.sub(r"([_&%#$])", r"\\\1", str(text))
+
+
+def booktabs(latex: str) -> str:
+    """A tabulate ``latex_raw`` table with booktabs rules (``\\usepackage{booktabs}``) instead of ``\\hline``."""
+    lines = latex.splitlines()
+    rules = [i for i, line in enumerate(lines) if line.strip() == "\\hline"]
+    for i, rule in zip(rules, ("\\toprule", "\\midrule")):
+        lines[i] = rule
+    if len(rules) > 2:
+        lines[rules[-1]] = "\\bottomrule"
+    return "\n".join(lines)
