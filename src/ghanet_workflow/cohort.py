@@ -18,13 +18,13 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ghanet_workflow.atomic import write_csv, write_json
-from ghanet_workflow.errors import InputError
+from ghanet_workflow.errors import InputError, listed
 from ghanet_workflow.options import parse_options
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,6 @@ WSI_EXTENSIONS = (
 )  # fmt: skip
 #: gzip settings of genomics.csv.gz: fast, and byte-identical on reruns (no timestamp).
 GZIP = {"method": "gzip", "compresslevel": 1, "mtime": 0}
-#: How many offending rows/values an error message lists before "...".
-MAX_LISTED = 10
 #: Identifier columns: read as exact text, never as numbers, booleans or missing values.
 ID_COLUMNS = ("case_id", "slide_id")
 #: pandas' default missing-value markers (read_csv documentation); only non-identifier columns get them.
@@ -77,20 +75,13 @@ class BuiltCohort:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _listed(values: Iterable, limit: int = MAX_LISTED) -> str:
-    """Comma-separated preview of ``values`` (at most ``limit``, then a count)."""
-    values = [str(v) for v in values]
-    text = ", ".join(values[:limit])
-    return text + (f", ... ({len(values)} in all)" if len(values) > limit else "")
-
-
 def _row_refs(table: pd.DataFrame, mask: pd.Series) -> str:
     """Name offending rows as 'line N (slide_id S)'; line 1 is the header."""
     refs = [
         f"line {position + 2} (slide_id {table['slide_id'].iloc[position]!s})"
         for position in np.flatnonzero(mask.to_numpy())
     ]
-    return _listed(refs)
+    return listed(refs)
 
 
 def slide_key(slide_id: str) -> str:
@@ -140,7 +131,7 @@ def read_clinical_table(path: str | Path) -> pd.DataFrame:
     if missing:
         raise InputError(
             f"{path}: missing required column(s) {missing}; an MCAT-format table needs "
-            f"{list(REQUIRED_COLUMNS)} (censorship 1 = censored). Found: {_listed(table.columns)}"
+            f"{list(REQUIRED_COLUMNS)} (censorship 1 = censored). Found: {listed(table.columns)}"
         )
     table = table.copy()
     _check_ids(table, path)
@@ -169,7 +160,7 @@ def _check_ids(table: pd.DataFrame, path: Path) -> None:
     for column in ("case_id", "slide_id"):
         blank = table[column].isna() | (table[column].astype(str).str.strip() == "")
         if blank.any():
-            lines = _listed(np.flatnonzero(blank.to_numpy()) + 2)
+            lines = listed(np.flatnonzero(blank.to_numpy()) + 2)
             raise InputError(f"{path}: column '{column}' is empty on line(s) {lines}; every slide row needs one")
         table[column] = table[column].astype(str).str.strip()
 
@@ -224,7 +215,7 @@ def _check_patient_consistency(table: pd.DataFrame, path: Path) -> None:
         ]
         raise InputError(
             f"{path}: patient(s) with conflicting survival_months/censorship across their slides: "
-            f"{_listed(details, 5)}; make the rows of each patient agree"
+            f"{listed(details, 5)}; make the rows of each patient agree"
         )
 
 
@@ -280,12 +271,12 @@ def apply_filters(table: pd.DataFrame, filters: Mapping | None, source: str = "c
     for column, allowed in (filters or {}).items():
         if column not in table.columns:
             raise InputError(
-                f"filter on column '{column}': no such column in the {source}; " f"columns: {_listed(table.columns)}"
+                f"filter on column '{column}': no such column in the {source}; " f"columns: {listed(table.columns)}"
             )
         values = list(allowed) if isinstance(allowed, (list, tuple, set)) else [allowed]
         keep = _filter_mask(table[column], values)
         if not keep.any():
-            present = _listed(sorted(table[column].dropna().astype(str).unique()))
+            present = listed(sorted(table[column].dropna().astype(str).unique()))
             raise InputError(f"filter {column}: {values} keeps no row of the {source}; values present: {present}")
         log.info("filter %s in %s keeps %d of %d slide rows", column, values, keep.sum(), len(table))
         table = table[keep]
@@ -352,7 +343,7 @@ def _checked_slide_status(slide_status: pd.DataFrame) -> pd.DataFrame:
     status["key"] = status["slide_id"].map(slide_key)
     duplicated = status["key"].duplicated(keep=False)
     if duplicated.any():
-        raise InputError(f"slide status table: slide(s) listed twice: {_listed(status.loc[duplicated, 'slide_id'])}")
+        raise InputError(f"slide status table: slide(s) listed twice: {listed(status.loc[duplicated, 'slide_id'])}")
     return status
 
 
@@ -414,7 +405,7 @@ def genomics_matrix(
     if bad.any():
         bad_columns = [columns[j] for j in np.flatnonzero(bad.any(axis=0))]
         raise InputError(
-            f"{source}: gene column(s) {_listed(bad_columns)} hold missing or non-numeric values "
+            f"{source}: gene column(s) {listed(bad_columns)} hold missing or non-numeric values "
             f"on {_row_refs(rows.reset_index(drop=True), pd.Series(bad.any(axis=1)))}"
         )
     values.index = pd.Index(rows["case_id"].to_numpy(), name="case_id")
@@ -422,7 +413,7 @@ def genomics_matrix(
     conflicting = values.index[(values != first).any(axis=1)].unique()
     if len(conflicting):
         raise InputError(
-            f"{source}: patient(s) {_listed(conflicting)} have different gene values on different "
+            f"{source}: patient(s) {listed(conflicting)} have different gene values on different "
             "slide rows; a patient's genomics must be the same on all its rows"
         )
     return values[~values.index.duplicated()].loc[list(case_ids)].copy()
@@ -480,7 +471,7 @@ def _report_dropped(table: pd.DataFrame, patients: pd.DataFrame, slides: pd.Data
         log.warning("slide %s (patient %s) not used: %s: %s", row.slide_id, row.case_id or "-", row.status, row.reason)
     dropped = sorted(set(table["case_id"]) - set(patients.index))
     if dropped:
-        log.warning("%d patient(s) dropped, none of their slides is usable: %s", len(dropped), _listed(dropped))
+        log.warning("%d patient(s) dropped, none of their slides is usable: %s", len(dropped), listed(dropped))
 
 
 def load_built_cohort(cohort_dir: str | Path) -> BuiltCohort:

@@ -38,8 +38,8 @@ from sksurv.nonparametric import CensoringDistributionEstimator
 from sksurv.util import Surv
 
 from ghanet_workflow.atomic import strict_json, write_json
-from ghanet_workflow.cohort import parse_options
 from ghanet_workflow.errors import InputError
+from ghanet_workflow.options import parse_options
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import pandas as pd
 import yaml
 
 from ghanet_workflow.cohort import REQUIRED_COLUMNS, slide_key
-from ghanet_workflow.errors import InputError
+from ghanet_workflow.errors import MAX_LISTED, InputError, listed
 
 #: the workflow's schema folder (the package is used from the checkout: src/ghanet_workflow/)
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"
@@ -39,8 +39,6 @@ CONFIG_SCHEMA = SCHEMA_DIR / "config.schema.yaml"
 #: file layouts of bring-your-own features, as ghanet_workflow.features.EXTERNAL_LAYOUTS (not
 #: imported: that module imports torch)
 EXTERNAL_LAYOUTS = ("{slide}.h5", "h5_files/{slide}.h5", "{slide}.pt", "pt_files/{slide}.pt")
-#: how many offending rows/values a message lists before "..."
-MAX_LISTED = 10
 SEPARATORS = {"\t": "tab", ",": "comma", ";": "semicolon"}
 PATH_SEPARATOR = re.compile(r"[/\\]")
 
@@ -48,17 +46,10 @@ PATH_SEPARATOR = re.compile(r"[/\\]")
 # ----------------------------------------------------------------------------- helpers
 
 
-def _listed(values: Iterable, limit: int = MAX_LISTED) -> str:
-    """Comma-separated preview of ``values`` (at most ``limit``, then the count)."""
-    values = [str(v) for v in values]
-    text = ", ".join(values[:limit])
-    return text + (f", ... ({len(values)} in all)" if len(values) > limit else "")
-
-
 def _rows(table: pd.DataFrame, mask: pd.Series | None = None, id_column: str = "slide_id") -> str:
     """Offending rows as 'line N (slide_id S)'; line 1 is the header."""
     rows = table if mask is None else table[mask.to_numpy()]
-    return _listed(f"line {line} ({id_column} {value})" for line, value in zip(rows["_line"], rows[id_column]))
+    return listed(f"line {line} ({id_column} {value})" for line, value in zip(rows["_line"], rows[id_column]))
 
 
 def _source(what: str, path, key: str | None) -> str:
@@ -124,7 +115,7 @@ def _strip_ids(table: pd.DataFrame, columns: Sequence[str], what: str, path, key
         table[column] = table[column].astype(str).str.strip()
         blank = table[column] == ""
         if blank.any():
-            lines = _listed(table.loc[blank, "_line"])
+            lines = listed(table.loc[blank, "_line"])
             raise InputError(f"{_source(what, path, key)}: column {column} is empty on line(s) {lines}; every row needs one")
 
 
@@ -208,7 +199,7 @@ def check_rows(table: pd.DataFrame, schema_path: Path, what: str, path, key: str
         else:
             problems.append(f"{where}: {error.message}")
     if problems:
-        raise InputError(f"{_source(what, path, key)}: {len(problems)} bad row(s): {_listed(problems)}")
+        raise InputError(f"{_source(what, path, key)}: {len(problems)} bad row(s): {listed(problems)}")
 
 
 # ----------------------------------------------------------------------------- clinical table
@@ -250,7 +241,7 @@ def read_clinical_ids(path: str | Path, key: str = "clinical") -> pd.DataFrame:
                 )
         raise InputError(
             f"{_source('clinical table', path, key)}: missing required column(s) {missing}; an MCAT-format table "
-            f"needs {list(REQUIRED_COLUMNS)} (censorship 1 = censored). Found: {_listed(columns)}"
+            f"needs {list(REQUIRED_COLUMNS)} (censorship 1 = censored). Found: {listed(columns)}"
         )
     try:
         table = pd.read_csv(
@@ -289,7 +280,7 @@ def read_slide_overrides(path: str | Path, known_slides: Iterable[str], key: str
     table = read_delimited(path, what, key)
     if "slide_id" not in table:
         raise InputError(
-            f"{_source(what, path, key)}: no slide_id column (found {_listed(c for c in table.columns if c != '_line')}); "
+            f"{_source(what, path, key)}: no slide_id column (found {listed(c for c in table.columns if c != '_line')}); "
             "the slide table has a header line with slide_id and path and/or mpp"
         )
     if "path" not in table and "mpp" not in table:
@@ -349,7 +340,7 @@ def load_slide_table(
         if not slides_dir:
             raise InputError(
                 f"config key slides.dir is empty and no slide table path is given for slide(s) "
-                f"{_listed(slides.loc[from_dir, 'slide_id'])}: set slides.dir to the folder of the slide files "
+                f"{listed(slides.loc[from_dir, 'slide_id'])}: set slides.dir to the folder of the slide files "
                 "(named by the clinical table's slide_id), or give their paths in the slide table (slides.table)"
             )
         slides.loc[from_dir, "path"] = [str(Path(slides_dir) / s) for s in slides.loc[from_dir, "slide_id"]]
@@ -383,7 +374,7 @@ def check_some_slide_on_disk(
         return
     hints = []
     for source, rows in slides.groupby("source", sort=False):
-        examples = _listed(rows["path"], 3)
+        examples = listed(rows["path"], 3)
         if source == "slides.dir":
             hints.append(
                 f"{len(rows)} path(s) <slides.dir>/<slide_id> with config key slides.dir = {str(slides_dir)!r} "
@@ -453,7 +444,7 @@ def check_some_predict_slide_on_disk(slides: pd.DataFrame, path, key: str = "pre
     if len(slides) and not slides["exists"].any():
         raise InputError(
             f"none of the {len(slides)} slide file(s) of the {_source('predict slide table', path, key)} is on "
-            f"disk (e.g. {_listed(slides['path'], 3)}): fix the path column; relative paths are read from the "
+            f"disk (e.g. {listed(slides['path'], 3)}): fix the path column; relative paths are read from the "
             f"folder snakemake runs in ({Path.cwd()})"
         )
 

@@ -19,8 +19,9 @@ import pandas as pd
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from ghanet_workflow.atomic import write_csv
-from ghanet_workflow.cohort import _listed, parse_options, read_id_csv
-from ghanet_workflow.errors import InputError
+from ghanet_workflow.cohort import read_id_csv
+from ghanet_workflow.errors import InputError, listed
+from ghanet_workflow.options import parse_options
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ def read_published_fold(path: Path) -> tuple[list[str], list[str]]:
     train, val = ([value.strip() for value in frame[column] if value.strip()] for column in ("train", "val"))
     both = sorted(set(train) & set(val))
     if both:
-        raise InputError(f"{path}: patient(s) in both train and val: {_listed(both)}")
+        raise InputError(f"{path}: patient(s) in both train and val: {listed(both)}")
     return train, val
 
 
@@ -196,13 +197,13 @@ def published_test_folds(patients: pd.DataFrame, published_dir: str | Path, k: i
         log.warning(
             "splits: %d patient(s) of the published splits are not in the cohort and are skipped: %s",
             len(not_in_cohort),
-            _listed(not_in_cohort),
+            listed(not_in_cohort),
         )
     if not_in_files:
         log.warning(
             "splits: %d cohort patient(s) are in no published split file and are left out: %s",
             len(not_in_files),
-            _listed(not_in_files),
+            listed(not_in_files),
         )
     return [([c for c in train if c in cohort], [c for c in val if c in cohort]) for train, val in folds]
 
@@ -244,7 +245,7 @@ def _indexed(patients: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise InputError(f"splits: patients table lacks column(s) {missing}")
     if patients.index.duplicated().any():
-        raise InputError(f"splits: duplicated case_id(s) {_listed(patients.index[patients.index.duplicated()])}")
+        raise InputError(f"splits: duplicated case_id(s) {listed(patients.index[patients.index.duplicated()])}")
     return patients.assign(censorship=patients["censorship"].astype(int))
 
 
@@ -266,16 +267,16 @@ def check_splits(splits: Sequence[pd.DataFrame], patients: pd.DataFrame, expect_
     for fold, frame in enumerate(splits):
         if frame["case_id"].duplicated().any():
             raise InputError(
-                f"fold {fold}: patient(s) listed twice: {_listed(frame['case_id'][frame['case_id'].duplicated()])}"
+                f"fold {fold}: patient(s) listed twice: {listed(frame['case_id'][frame['case_id'].duplicated()])}"
             )
         unknown = sorted(set(frame["case_id"]) - set(patients.index))
         if unknown:
-            raise InputError(f"fold {fold}: patient(s) not in the cohort: {_listed(unknown)}")
+            raise InputError(f"fold {fold}: patient(s) not in the cohort: {listed(unknown)}")
         test = frame.loc[frame["split"] == "test", "case_id"]
         twice = [c for c in test if c in seen_in_test]
         if twice:
             raise InputError(
-                f"fold {fold}: patient(s) already in the test set of fold {seen_in_test[twice[0]]}: {_listed(twice)}"
+                f"fold {fold}: patient(s) already in the test set of fold {seen_in_test[twice[0]]}: {listed(twice)}"
             )
         seen_in_test.update(dict.fromkeys(test, fold))
         _check_events(fold, patients.loc[test])
@@ -283,7 +284,7 @@ def check_splits(splits: Sequence[pd.DataFrame], patients: pd.DataFrame, expect_
     must_cover = set(patients.index) if expect_full_cover else used
     uncovered = sorted(must_cover - set(seen_in_test))
     if uncovered:
-        raise InputError(f"splits: patient(s) in no test fold: {_listed(uncovered)}")
+        raise InputError(f"splits: patient(s) in no test fold: {listed(uncovered)}")
 
 
 def _check_events(fold: int, test: pd.DataFrame) -> None:
@@ -404,5 +405,6 @@ def main(argv: list[str]) -> int:
         write_splits(splits, out_dir)
     else:
         log.info("reusing the %d fold files in %s", len(splits), out_dir)
-    print(split_summary(splits, patients).pivot(index="fold", columns="split").to_string())
+    summary = split_summary(splits, patients).pivot(index="fold", columns="split")
+    log.info("patients and events per fold:\n%s", summary.to_string())
     return 0
