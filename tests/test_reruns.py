@@ -75,12 +75,8 @@ def test_a_report_option_reruns_only_the_products_that_show_it(finished):
 
 
 def test_loader_and_device_settings_rerun_nothing(finished):
-    settings = """\
-features: {batch_size: 8, num_workers: 3, prefetch_factor: 2, patches_per_read: 1, progress: false, device: cpu}
-training: {device: cpu}
-predict: {device: cpu}
-"""
-    assert planned(finished, *overlay(finished, settings)) == {}
+    settings = "config/test/run_settings/config.yaml"  # every loader and device setting changed
+    assert planned(finished, "--configfile", "config/config.yaml", settings) == {}
 
 
 def test_a_tiling_setting_reruns_tiling_and_everything_after_it(finished):

@@ -22,7 +22,7 @@ import yaml
 
 from ghanet_workflow.errors import InputError
 from ghanet_workflow import slide_table
-from test_workflow import job_counts
+from test_workflow import PREDICT, fake_trained_cohort, job_counts
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -31,6 +31,9 @@ DEMO_CONFIG = REPO / "config" / "config.yaml"
 DEMO_TABLE = REPO / "data" / "demo" / "tcga_blca_demo.csv"
 DEMO_SLIDES = REPO / "config" / "demo_slides.tsv"
 CMU_SLIDE = REPO / "data" / "slides" / "CMU-1-Small-Region.svs"
+#: scenarios of config/test/ (tests/test_scenarios.py): a new user's config, one new slide to predict
+MINIMAL_CONFIG = REPO / "config" / "test" / "minimal" / "config.yaml"
+PREDICT_TABLE = REPO / "config" / "test" / "predict" / "new_slides.csv"
 
 
 def run(cmd: list[str], cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -308,7 +311,7 @@ def test_a_user_config_does_not_inherit_the_demo_slide_table(tmp_path):
     assert with_demo["demo_slide"] == 40 and with_demo["tile_slide"] == 43  # no --configfile: the demo's config
 
 
-def test_a_minimal_user_config_takes_the_documented_defaults(tmp_path):
+def test_a_minimal_user_config_takes_the_documented_defaults():
     from snakemake.utils import validate
 
     config = {"cohort": "mine", "clinical": "table.csv"}
@@ -322,10 +325,8 @@ def test_a_minimal_user_config_takes_the_documented_defaults(tmp_path):
     readme = (REPO / "config" / "README.md").read_text()
     assert "| `evaluation.bootstrap` | `1000` |" in readme and "| `tiling.preset` | `resection` |" in readme
 
-    # 3 patients of the demo table have a slide in data/slides: enough for 3 folds, not the default 5
-    minimal = {"cohort": "mine", "clinical": str(DEMO_TABLE), "slides": {"dir": "data/slides"}, "splits": {"k": 3}}
-    minimal = write_yaml(tmp_path / "mine.yaml", minimal)
-    result = run([SNAKEMAKE, "-n", "--forceall", "--quiet", "rules", "--configfile", str(minimal)])
+    # config/test/minimal: 3 patients of the demo table have a slide in data/slides: 3 folds, not the default 5
+    result = run([SNAKEMAKE, "-n", "--forceall", "--quiet", "rules", "--configfile", str(MINIMAL_CONFIG)])
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert job_counts(result.stdout)["tile_slide"] == 3
 
@@ -397,17 +398,10 @@ def test_external_feature_layouts_match_the_features_stage():
 # ----------------------------------------------------------------------------- predict with a missing slide
 
 
-def fake_trained_cohort(folder: Path) -> Path:
-    for fold in range(2):  # model.pt files are inputs of predict_risks only
-        (folder / "models" / "ghanet" / f"fold_{fold}").mkdir(parents=True)
-        (folder / "models" / "ghanet" / f"fold_{fold}" / "model.pt").write_bytes(b"")
-    return folder
-
-
 def test_predict_dry_run_skips_a_missing_slide_and_scores_the_others(tmp_path):
     trained = fake_trained_cohort(tmp_path / "trained")
-    table = tmp_path / "new_slides.csv"
-    table.write_text(f"case_id,slide_id,path\nNEW-1,CMU-1-Small-Region.svs,{CMU_SLIDE}\nNEW-2,NEW-2.svs,/nowhere/NEW-2.svs\n")
+    table = tmp_path / "new_slides.csv"  # config/test/predict's table and a slide whose file is missing
+    table.write_text(PREDICT_TABLE.read_text() + "NEW-2,NEW-2.svs,/nowhere/NEW-2.svs\n")
     setting = f"predict={{slides: {table}, models_from: {trained}}}"
     result = run([SNAKEMAKE, "-n", "predict", "--quiet", "rules", "--config", setting])
     output = result.stdout + result.stderr
@@ -475,10 +469,8 @@ def test_predict_gives_a_patient_whose_slide_file_is_missing_a_row_with_the_reas
 
 def test_predict_without_a_table_or_models_is_one_named_line(tmp_path):
     assert_clean_error(run([SNAKEMAKE, "-n", "predict"]), ["config key predict.slides is empty"])
-    table = tmp_path / "new_slides.csv"
-    table.write_text(f"case_id,slide_id,path\nNEW-1,CMU-1-Small-Region.svs,{CMU_SLIDE}\n")
-    setting = f"predict={{slides: {table}, models_from: {tmp_path / 'untrained'}}}"
-    result = run([SNAKEMAKE, "-n", "predict", "--config", setting])
+    setting = f"predict={{models_from: {tmp_path / 'untrained'}}}"  # config/test/predict, no trained model
+    result = run([SNAKEMAKE, "-n", "predict", "--configfile", str(DEMO_CONFIG), PREDICT, "--config", setting])
     assert_clean_error(result, ["no trained fold model", "untrained/models/ghanet/fold_<k>/model.pt", "predict.models_from"])
 
 

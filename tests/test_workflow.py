@@ -9,10 +9,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SNAKEMAKE = str(BIN / "snakemake")
+#: scenario configs of config/test/ (tests/test_scenarios.py dry-runs each with its own command)
+BYO_FEATURES = "config/test/byo_features/config.yaml"
+PREDICT = "config/test/predict/config.yaml"
+PAPER_TABLE = "config/test/paper_table/config.yaml"
 
 
 def run(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -144,36 +149,32 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
-def test_bring_your_own_features_skip_tiling_and_extraction(tmp_path):
-    import h5py
-    import numpy as np
-
-    external = tmp_path / "clam_features" / "h5_files"
-    external.mkdir(parents=True)
-    with h5py.File(external / "demo-TCGA-2F-A9KP.h5", "w") as h5:  # CLAM layout: features + coords
-        h5["features"] = np.random.default_rng(0).normal(size=(12, 1280)).astype(np.float32)
-        h5["coords"] = np.arange(24, dtype=np.int64).reshape(12, 2)
-    override = tmp_path / "byo.yaml"
-    override.write_text(f"features:\n  external_dir: {external.parent}\n")
+def test_bring_your_own_features_skip_tiling_and_extraction():
+    """config/test/byo_features: one CLAM h5 (demo-TCGA-2F-A9KP) in features.external_dir."""
     plain = job_counts(run([SNAKEMAKE, "-n", "--forceall", "--quiet", "rules"], REPO).stdout)
     result = run(
-        [SNAKEMAKE, "-n", "--forceall", "--quiet", "rules", "--configfile", "config/config.yaml", str(override)], REPO
+        [SNAKEMAKE, "-n", "--forceall", "--quiet", "rules", "--configfile", "config/config.yaml", BYO_FEATURES], REPO
     )
     assert result.returncode == 0, result.stderr
     byo = job_counts(result.stdout)
     assert byo["import_features"] == 1
     assert byo["tile_slide"] == plain["tile_slide"] - 1
 
-def test_predict_target_tiles_featurises_and_scores_only_the_new_slides(tmp_path):
-    trained = tmp_path / "trained"  # a results/<cohort> folder of another run: its model.pt files are inputs
+
+def fake_trained_cohort(folder: Path) -> Path:
+    """A results/<cohort> folder of another run: two fold models (model.pt files are inputs of predict_risks only)."""
     for fold in range(2):
-        folder = trained / "models" / "ghanet" / f"fold_{fold}"
-        folder.mkdir(parents=True)
-        (folder / "model.pt").write_bytes(b"")
-    table = tmp_path / "new_slides.csv"
-    table.write_text(f"case_id,slide_id,path\nNEW-1,CMU-1-Small-Region.svs,{REPO}/data/slides/CMU-1-Small-Region.svs\n")
-    setting = f"predict={{slides: {table}, models_from: {trained}}}"
-    result = run([SNAKEMAKE, "-n", "predict", "--quiet", "rules", "--config", setting], REPO)
+        (folder / "models" / "ghanet" / f"fold_{fold}").mkdir(parents=True)
+        (folder / "models" / "ghanet" / f"fold_{fold}" / "model.pt").write_bytes(b"")
+    return folder
+
+
+def test_predict_target_tiles_featurises_and_scores_only_the_new_slides(tmp_path):
+    """config/test/predict (one new slide, data/slides/CMU-1-Small-Region.svs) with models from another run."""
+    trained = fake_trained_cohort(tmp_path / "trained")
+    setting = f"predict={{models_from: {trained}}}"  # merged into the scenario's predict section
+    scenario = ["--configfile", "config/config.yaml", PREDICT]
+    result = run([SNAKEMAKE, "-n", "predict", "--quiet", "rules", *scenario, "--config", setting], REPO)
     assert result.returncode == 0, result.stderr
     for rule in ("predict_tile_slide", "predict_extract_features", "predict_risks"):
         assert rule in result.stdout, result.stdout
@@ -182,11 +183,10 @@ def test_predict_target_tiles_featurises_and_scores_only_the_new_slides(tmp_path
 
 
 def test_paper_table_takes_other_cohorts_tables_and_names_a_missing_one(tmp_path):
-    other = tmp_path / "tcga_ucec" / "report" / "cindex.csv"
-    other.parent.mkdir(parents=True)
-    other.write_text("cohort,model,kind,fold,status,cindex_harrell\n")
-    setting = f"paper_table={{other_cohorts: [{other}]}}"
-    result = run([SNAKEMAKE, "-n", "--forceall", "paper_table", "--config", setting], REPO)
+    """config/test/paper_table: a committed tcga_ucec cindex.csv beside the demo's; then a missing one."""
+    (other,) = yaml.safe_load((REPO / PAPER_TABLE).read_text())["paper_table"]["other_cohorts"]
+    scenario = ["--configfile", "config/config.yaml", PAPER_TABLE]
+    result = run([SNAKEMAKE, "-n", "--forceall", "paper_table", *scenario], REPO)
     assert result.returncode == 0, result.stderr
     assert str(other) in result.stdout
     missing = tmp_path / "tcga_brca" / "report" / "cindex.csv"
