@@ -133,7 +133,7 @@ def run_baseline(slide: str, sample: int) -> tuple[float, float, int, float, int
     extrapolated to the full grid (printed as such).
     """
     cv2.setNumThreads(1)
-    from ghanet_workflow.slide_io import SlideReader, level_for_downsample
+    from ghanet_workflow.slides import SlideReader, level_for_downsample
     from ghanet_workflow.tiling import grid_coords
 
     size0 = round(256 * 0.5 / MPP)

@@ -28,10 +28,11 @@ import pandas as pd
 import torch
 import yaml
 
-from ghanet_workflow.cohort import build_cohort, slide_key, slide_status_from_features
+from ghanet_workflow.cohort import build_cohort, slide_status_from_features
 from ghanet_workflow import demo
 from ghanet_workflow.features import extract_features
 from ghanet_workflow.fold import run_fold
+from ghanet_workflow.slides import slide_key
 from ghanet_workflow.splits import make_splits, write_splits
 from ghanet_workflow.tiling import tile_slide
 

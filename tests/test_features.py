@@ -22,6 +22,7 @@ from timm.data import ImageNetInfo
 from torchvision import transforms
 
 from ghanet_workflow import encoders, features
+from ghanet_workflow.slides import SlideReader
 from ghanet_workflow.errors import InputError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -227,7 +228,7 @@ def test_row_runs_join_side_by_side_patches_only():
 
 @pytest.mark.parametrize("slide, level", [(CMU, 0), (ROOT / "data" / "slides" / "TCGA-CR-7395-01A-01-TS1.svs", 0)])
 def test_a_strip_read_gives_exactly_the_single_patch_reads(slide, level):
-    reader = features.SlideReader(slide)
+    reader = SlideReader(slide)
     strip = reader.read_strip(600, 700, level, 256, 5)
     singles = [reader.read(600 + i * 256, 700, level, 256) for i in range(5)]
     assert all(np.array_equal(a, b) for a, b in zip(strip, singles))
@@ -268,7 +269,7 @@ def corrupt_first_tile(slide: Path) -> Path:
 @pytest.mark.parametrize("patches_per_read", [1, 8])
 def test_a_corrupt_region_is_retried_on_a_fresh_handle_dropped_and_counted(tmp_path, patches_per_read):
     slide = corrupt_first_tile(Path(shutil.copy(CMU, tmp_path / "corrupt.svs")))
-    reader = features.SlideReader(slide)
+    reader = SlideReader(slide)
     with pytest.raises(openslide.OpenSlideError):
         reader.read_with_retry(0, 0, 0, 256)
     assert reader.read_with_retry(600, 600, 0, 256).shape == (256, 256, 3)  # handle was reopened

@@ -14,7 +14,7 @@ import tifffile
 
 from ghanet_workflow import tiling
 from ghanet_workflow.errors import InputError, SlideError
-from ghanet_workflow.slide_io import MppInfo, SlideReader, level_for_downsample, resolve_mpp
+from ghanet_workflow.slides import MppInfo, SlideReader, level_for_downsample, resolve_mpp
 
 ROOT = Path(__file__).resolve().parents[1]
 CMU = ROOT / "data/slides/CMU-1-Small-Region.svs"

@@ -26,6 +26,7 @@ import pandas as pd
 from ghanet_workflow.atomic import write_csv, write_json
 from ghanet_workflow.errors import InputError, listed
 from ghanet_workflow.options import parse_options
+from ghanet_workflow.slides import h5_attrs, slide_key
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,6 @@ DEFAULTS: dict = {
 REQUIRED_COLUMNS = ("case_id", "slide_id", "survival_months", "censorship")
 GENE_COLUMN = re.compile(r"^(?P<gene>.+)_(?P<kind>mut|cnv|rnaseq)$")
 SLIDE_STATUS_COLUMNS = ("slide_id", "status", "reason", "n_patches", "features_path")
-WSI_EXTENSIONS = (
-    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm", ".h5",
-)  # fmt: skip
 #: gzip settings of genomics.csv.gz: fast, and byte-identical on reruns (no timestamp).
 GZIP = {"method": "gzip", "compresslevel": 1, "mtime": 0}
 #: Identifier columns: read as exact text, never as numbers, booleans or missing values.
@@ -82,18 +80,6 @@ def _row_refs(table: pd.DataFrame, mask: pd.Series) -> str:
         for position in np.flatnonzero(mask.to_numpy())
     ]
     return listed(refs)
-
-
-def slide_key(slide_id: str) -> str:
-    """Slide key = slide id without a known whole-slide-image extension (dots elsewhere are kept)."""
-    name = str(slide_id).strip()
-    lower = name.lower()
-    for extension in WSI_EXTENSIONS:
-        if lower.endswith(extension):
-            return name[: -len(extension)]
-    return name
-
-
 
 
 def read_id_csv(path: str | Path, id_columns: Sequence[str] = ID_COLUMNS, **kwargs) -> pd.DataFrame:
@@ -311,7 +297,7 @@ def _feature_file_status(path: Path) -> dict:
     row = {"slide_id": path.stem, "status": "failed", "reason": "", "n_patches": 0, "features_path": str(path)}
     try:
         with h5py.File(path, "r") as handle:
-            attrs = {key: _attr_text(value) for key, value in handle.attrs.items()}
+            attrs = {key: str(value) for key, value in h5_attrs(handle).items()}
             n_patches = int(handle["features"].shape[0]) if "features" in handle else 0
     except (OSError, KeyError) as exc:
         row["reason"] = f"cannot read features file {path}: {exc}"
@@ -323,11 +309,6 @@ def _feature_file_status(path: Path) -> dict:
         n_patches=n_patches,
     )
     return row
-
-
-def _attr_text(value) -> str:
-    """HDF5 attribute as text (bytes decoded)."""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _checked_slide_status(slide_status: pd.DataFrame) -> pd.DataFrame:

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import openslide
 import pandas as pd
 import tifffile
 
 from .atomic import atomic_path
-from .errors import InputError
+from .errors import InputError, SlideError
 from .options import parse_options
+from .slides import SlideReader
 
 #: Config section ``demo``: options of the demo-slide generator.
 DEFAULTS: dict = {
@@ -164,15 +164,15 @@ class TissueSource:
     def __init__(self, path: str | Path, target_mpp: float, crop_px: int, assumed_mpp: float, min_tissue: float):
         self.path = Path(path)
         try:
-            slide = openslide.OpenSlide(self.path)
-        except (openslide.OpenSlideError, FileNotFoundError) as exc:
+            with SlideReader(self.path) as reader:
+                slide = reader.slide
+                mpp = float(slide.properties.get("openslide.mpp-x", assumed_mpp))
+                # Tolerate up to 5% upsampling, so a level just finer than the target is still used.
+                level = slide.get_best_level_for_downsample(_LEVEL_TOLERANCE * target_mpp / mpp)
+                self.read_px = round(crop_px * target_mpp / (mpp * slide.level_downsamples[level]))
+                self.image = reader.read_region_rgb((0, 0), level, slide.level_dimensions[level])
+        except SlideError as exc:
             raise InputError(f"{self.path}: cannot open the demo tissue source ({exc}); check the path") from exc
-        with slide:
-            mpp = float(slide.properties.get(openslide.PROPERTY_NAME_MPP_X, assumed_mpp))
-            # Tolerate up to 5% upsampling, so a level just finer than the target is still used.
-            level = slide.get_best_level_for_downsample(_LEVEL_TOLERANCE * target_mpp / mpp)
-            self.read_px = round(crop_px * target_mpp / (mpp * slide.level_downsamples[level]))
-            self.image = np.asarray(slide.read_region((0, 0), level, slide.level_dimensions[level]).convert("RGB"))
         self.crop_px = crop_px
         self.positions = tissue_windows(self.image, self.read_px, min_tissue)
         if len(self.positions) == 0:

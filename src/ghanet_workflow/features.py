@@ -36,7 +36,8 @@ from . import __version__
 from .atomic import atomic_path, write_text
 from .options import parse_options
 from .encoders import EncoderSpec, check_sha256, get_spec, load_encoder, resolve_weights
-from .errors import InputError
+from .errors import InputError, SlideError
+from .slides import SlideReader, h5_attr, h5_attrs
 
 #: config ``features`` section: option -> default (see config/README.md)
 DEFAULTS: dict[str, object] = {
@@ -65,6 +66,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: options that change the numbers written, hence part of the resume fingerprint
 FINGERPRINT_OPTIONS = ("encoder", "feature_dtype", "max_bad_fraction")
+#: what opening a slide or reading a region raises: the patch is counted bad (or the slide fails)
+READ_ERRORS = (openslide.OpenSlideError, OSError, SlideError)
 
 
 # --------------------------------------------------------------------------- options
@@ -134,19 +137,10 @@ def read_coords(coords_h5: Path) -> tuple[np.ndarray, dict]:
     try:
         with h5py.File(coords_h5, "r") as handle:
             coords = np.asarray(handle["coords"][...], dtype=np.int64).reshape(-1, 2)
-            attrs = {key: _plain(value) for key, value in handle.attrs.items()}
+            attrs = h5_attrs(handle)
     except (OSError, KeyError) as exc:
         raise InputError(f"coords file {str(coords_h5)!r} is not a tiling HDF5 with a 'coords' dataset: {exc}") from exc
     return coords, attrs
-
-
-def _plain(value):
-    """HDF5 attribute -> plain Python value (bytes decoded, numpy scalars unwrapped)."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def plan_slide(slide_path: str | Path, coords_h5: str | Path, out_h5: str | Path) -> SlidePlan:
@@ -178,12 +172,12 @@ def _set_read_size(plan: SlidePlan) -> None:
     if plan.patch_size_level0 < 1:
         raise InputError(f"coords file {str(plan.coords_h5)!r}: attribute patch_size_level0 is missing or < 1")
     try:
-        with openslide.OpenSlide(str(plan.slide_path)) as slide:
-            if plan.level >= slide.level_count:
-                _fail(plan, f"coords level {plan.level} does not exist (slide has {slide.level_count} levels)")
+        with SlideReader(plan.slide_path, plan.slide_id) as reader:
+            if plan.level >= reader.slide.level_count:
+                _fail(plan, f"coords level {plan.level} does not exist (slide has {reader.slide.level_count} levels)")
                 return
-            downsample = slide.level_downsamples[plan.level]
-    except (openslide.OpenSlideError, OSError) as exc:
+            downsample = reader.slide.level_downsamples[plan.level]
+    except READ_ERRORS as exc:
         _fail(plan, f"cannot open slide: {type(exc).__name__}: {exc}")
         return
     plan.read_size = max(1, round(plan.patch_size_level0 / downsample))
@@ -204,46 +198,6 @@ class PatchBatch(NamedTuple):
     pixels: torch.Tensor  #: uint8 (n, 3, S, S)
     bad_rows: torch.Tensor  #: int64 (m,) rows that could not be read (after one retry)
     first_error: str
-
-
-class SlideReader:
-    """One process's OpenSlide handle on one slide, opened lazily, reopened after an error."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._slide: openslide.OpenSlide | None = None
-
-    def read(self, x: int, y: int, level: int, size: int) -> np.ndarray:
-        """RGB uint8 (size, size, 3) region at ``level`` whose top-left is level-0 (x, y)."""
-        if self._slide is None:
-            self._slide = openslide.OpenSlide(str(self.path))
-        region = self._slide.read_region((int(x), int(y)), level, (size, size))
-        return np.asarray(region)[:, :, :3]
-
-    def read_strip(self, x: int, y: int, level: int, size: int, count: int) -> list[np.ndarray]:
-        """``count`` side-by-side patches starting at level-0 (x, y), read as one region."""
-        if self._slide is None:
-            self._slide = openslide.OpenSlide(str(self.path))
-        region = np.asarray(self._slide.read_region((int(x), int(y)), level, (size * count, size)))
-        return [region[:, i * size : (i + 1) * size, :3] for i in range(count)]
-
-    def read_with_retry(self, x: int, y: int, level: int, size: int) -> np.ndarray:
-        """Read once; on an error reopen the handle (OpenSlide handles stay broken) and retry once."""
-        try:
-            return self.read(x, y, level, size)
-        except (openslide.OpenSlideError, OSError):
-            self.close()
-            try:
-                return self.read(x, y, level, size)
-            except (openslide.OpenSlideError, OSError):
-                self.close()  # leave a fresh handle for the next patch
-                raise
-
-    def close(self) -> None:
-        """Close the handle (the next read reopens it)."""
-        if self._slide is not None:
-            self._slide.close()
-            self._slide = None
 
 
 class BatchKey(NamedTuple):
@@ -272,7 +226,7 @@ class PatchBatches(Dataset):
         if self._reader_slide != slide_index:
             if self._reader is not None:
                 self._reader.close()
-            self._reader = SlideReader(self.plans[slide_index].slide_path)
+            self._reader = SlideReader(self.plans[slide_index].slide_path, self.plans[slide_index].slide_id)
             self._reader_slide = slide_index
         return self._reader
 
@@ -289,14 +243,14 @@ class PatchBatches(Dataset):
                     patches += reader.read_strip(x, y, plan.level, size, stop - first)
                     good_rows += range(first, stop)
                     continue
-                except (openslide.OpenSlideError, OSError):
+                except READ_ERRORS:
                     reader.close()  # the strip failed: find the bad patch(es) one read at a time
             for row in range(first, stop):
                 x, y = plan.coords[row]
                 try:
                     patches.append(reader.read_with_retry(x, y, plan.level, size))
                     good_rows.append(row)
-                except (openslide.OpenSlideError, OSError) as exc:
+                except READ_ERRORS as exc:
                     bad_rows.append(row)
                     first_error = first_error or f"{type(exc).__name__}: {exc} at (x={x}, y={y})"
         pixels = (
@@ -469,7 +423,7 @@ def is_complete(plan: SlidePlan, options: Mapping) -> bool:
         return False
     try:
         with h5py.File(plan.out_h5, "r") as handle:
-            return _plain(handle.attrs.get("fingerprint", "")) == plan.fingerprint and "features" in handle
+            return h5_attr(handle.attrs.get("fingerprint", "")) == plan.fingerprint and "features" in handle
     except OSError:
         return False
 
@@ -477,7 +431,7 @@ def is_complete(plan: SlidePlan, options: Mapping) -> bool:
 def read_existing(plan: SlidePlan) -> dict:
     """Status attributes of a finished output (for the result of a skipped slide)."""
     with h5py.File(plan.out_h5, "r") as handle:
-        return {key: _plain(handle.attrs[key]) for key in ("status", "reason", "n_patches", "n_bad_patches")}
+        return {key: h5_attr(handle.attrs[key]) for key in ("status", "reason", "n_patches", "n_bad_patches")}
 
 
 def write_features_h5(out_h5: Path, features: np.ndarray, coords: np.ndarray, attrs: Mapping, dtype: str) -> None:

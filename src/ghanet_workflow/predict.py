@@ -30,12 +30,12 @@ import pandas as pd
 import torch
 
 from .atomic import write_csv
-from .cohort import slide_key
 from . import slide_table
 from .errors import InputError
 from .model_io import check_feature_dim, load_fold_model
 from .options import parse_options
 from .slide_table import fold_model_dirs
+from .slides import h5_attrs, slide_key
 from .train import Case, predict, resolve_device
 
 log = logging.getLogger(__name__)
@@ -137,20 +137,13 @@ def read_slide_features(path: Path, slide_id: str) -> SlideFeatures:
     try:
         with h5py.File(path, "r") as handle:
             features = np.asarray(handle["features"][()], dtype=np.float32)
-            attrs = {key: _plain(value) for key, value in handle.attrs.items()}
+            attrs = h5_attrs(handle)
     except (OSError, KeyError) as exc:
         raise InputError(f"slide {slide_id}: cannot read dataset 'features' of {path} ({exc}); re-extract it") from exc
     status, reason = str(attrs.get("status") or USABLE), str(attrs.get("reason", ""))
     if status == USABLE and not len(features):
         status, reason = "failed", "the feature file holds no patch"
     return SlideFeatures(slide_id, features, status, reason, attrs)
-
-
-def _plain(value):
-    """HDF5 attribute as a plain Python value (bytes decoded, numpy scalars unwrapped)."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def load_fold_models(model_dirs: Sequence[str | Path], device: torch.device) -> list[FoldModel]:
@@ -187,7 +180,7 @@ def training_feature_attrs(model_dir: Path) -> dict | None:
         for path in (listed, parents[4] / listed):
             if path.is_file():
                 with h5py.File(path, "r") as handle:
-                    return {key: _plain(value) for key, value in handle.attrs.items()}
+                    return h5_attrs(handle)
     return None
 
 

@@ -11,7 +11,8 @@ The parse must stay light: pandas, PyYAML and the standard library only (plus js
 Snakemake's own dependency, for the row schemas ``workflow/schemas/slides.schema.yaml`` and
 ``predict_slides.schema.yaml``; where it is missing, as in a stage's conda environment, the
 schema check is skipped: the workflow made it when it started). Never torch, h5py or a stage
-module importing them: only :mod:`ghanet_workflow.cohort` (numpy, pandas) for the slide key.
+module importing them: only :mod:`ghanet_workflow.slides` for the slide key (numpy; OpenSlide only
+inside its reading functions) and :mod:`ghanet_workflow.cohort` (numpy, pandas) for the required columns.
 
 Identifiers are kept as written (``0001`` stays ``0001``), surrounding blanks stripped as the
 cohort stage does.
@@ -28,8 +29,9 @@ from typing import Iterable, Mapping, Sequence
 import pandas as pd
 import yaml
 
-from ghanet_workflow.cohort import REQUIRED_COLUMNS, slide_key
+from ghanet_workflow.cohort import REQUIRED_COLUMNS
 from ghanet_workflow.errors import MAX_LISTED, InputError, listed
+from ghanet_workflow.slides import slide_key
 
 #: the workflow's schema folder (the package is used from the checkout: src/ghanet_workflow/)
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"

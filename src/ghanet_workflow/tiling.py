@@ -34,7 +34,7 @@ import pandas as pd
 from ghanet_workflow.atomic import atomic_path, write_json
 from ghanet_workflow.errors import InputError, SlideError
 from ghanet_workflow.options import parse_options
-from ghanet_workflow.slide_io import SlideReader, level_for_downsample, resolve_mpp
+from ghanet_workflow.slides import SlideReader, level_for_downsample, resolve_mpp
 
 log = logging.getLogger(__name__)
 
@@ -462,39 +462,32 @@ def _no_tissue_reason(
     )
 
 
-def _failure_picture(reader: SlideReader | None, reason: str) -> np.ndarray:
+def _failure_picture(reader: SlideReader, reason: str) -> np.ndarray:
     """Small thumbnail of the slide if it can still be read, with the reason as caption."""
-    thumbnail = None
-    if reader is not None:
-        try:
-            reader.reopen()
-            width, height = reader.slide.dimensions
-            scale = max(max(width, height) / 512, 1.0)
-            size = (max(1, round(width / scale)), max(1, round(height / scale)))
-            thumbnail = reader.read_downsampled(width / size[0], height / size[1], size)
-        except Exception:  # the picture is best effort; the reason already says what is wrong
-            thumbnail = None
+    try:
+        width, height = reader.reopen().dimensions
+        scale = max(max(width, height) / 512, 1.0)
+        size = (max(1, round(width / scale)), max(1, round(height / scale)))
+        thumbnail = reader.read_downsampled(width / size[0], height / size[1], size)
+    except Exception:  # the picture is best effort (the slide may not even open); the reason says what is wrong
+        thumbnail = None
     return caption_picture(thumbnail, reason)
 
 
 def analyse_slide(slide_path: Path, slide_id: str, mpp_override: float | None, opts: dict) -> TilingResult:
     """Tile one slide; every slide problem becomes a failed/no_tissue result, never an exception."""
     attrs = _base_attrs(slide_id, opts)
-    reader = None
-    try:
-        reader = SlideReader(slide_path, slide_id)
-        result = _analyse(reader, slide_id, mpp_override, opts, attrs)
-    except SlideError as err:
-        result = TilingResult(err.status, str(err), attrs=attrs, picture=_failure_picture(reader, str(err)))
-    except Exception as err:  # a slide that breaks a library must not stop the cohort
-        log.exception("tiling %s failed unexpectedly", slide_id)
-        reason = (
-            f"slide {slide_id!r}: unexpected {type(err).__name__} while tiling ({err}); see the log, check the file"
-        )
-        result = TilingResult("failed", reason, attrs=attrs, picture=_failure_picture(reader, reason))
-    finally:
-        if reader is not None:
-            reader.close()
+    with SlideReader(slide_path, slide_id) as reader:  # opened by the first use, in _analyse
+        try:
+            result = _analyse(reader, slide_id, mpp_override, opts, attrs)
+        except SlideError as err:
+            result = TilingResult(err.status, str(err), attrs=attrs, picture=_failure_picture(reader, str(err)))
+        except Exception as err:  # a slide that breaks a library must not stop the cohort
+            log.exception("tiling %s failed unexpectedly", slide_id)
+            reason = (
+                f"slide {slide_id!r}: unexpected {type(err).__name__} while tiling ({err}); see the log, check the file"
+            )
+            result = TilingResult("failed", reason, attrs=attrs, picture=_failure_picture(reader, reason))
     result.attrs.update(status=result.status, reason=result.reason)
     result.qc = {**_qc_row(slide_id, slide_path, opts, result.attrs), **result.qc}
     result.qc["notes"] = undefined_notes(result.qc)

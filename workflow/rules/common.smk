@@ -138,8 +138,8 @@ from ghanet_workflow.errors import InputError
 from ghanet_workflow.report import partial as partial_report
 from ghanet_workflow.report.options import product_options
 
-# Wildcard-safe key of a slide: its id without the file extension (the cohort stage's own).
-slide_key = slide_table.slide_key
+# Wildcard-safe key of a slide: its id without the file extension (the one every stage uses).
+from ghanet_workflow.slides import slide_key
 
 
 def stop(error):

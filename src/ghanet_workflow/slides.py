@@ -1,10 +1,19 @@
-"""Opening whole-slide images, reading their pixel size (MPP) and reading pixels safely.
+"""Slide files, in one place: which names are slides, their key, HDF5 attributes, and reading pixels.
 
-Shared by tiling and feature extraction. Every failure becomes a
-:class:`~ghanet_workflow.errors.SlideError` whose message names the slide and says what to do.
+- :data:`SLIDE_EXTENSIONS` and :func:`slide_key`: the slide key (a slide id without its slide-file
+  extension) names every per-slide output; the cohort, report and predict stages and the DAG use it.
+- :func:`h5_attr` / :func:`h5_attrs`: HDF5 attributes as plain Python values.
+- :func:`open_slide`, :func:`resolve_mpp` and :class:`SlideReader`: opening whole-slide images,
+  their pixel size (MPP) and reading pixels safely, shared by tiling, feature extraction and the demo.
+  Every failure to open becomes a :class:`~ghanet_workflow.errors.SlideError` whose message names
+  the slide and says what to do.
 
 OpenSlide latches errors: after one failed read, every later call on that handle fails too.
 :class:`SlideReader` therefore reopens the file before it retries a read.
+
+The workflow imports this module while it builds the DAG (through ``slide_table``), so it stays
+light: numpy and the standard library at import time; OpenSlide and OpenCV are imported inside the
+functions that read pixels.
 """
 
 from __future__ import annotations
@@ -13,12 +22,21 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
-import openslide
 
 from ghanet_workflow.errors import SlideError
+
+if TYPE_CHECKING:
+    import openslide
+
+#: File extensions dropped from a slide id to make its key (compared case-insensitively): the
+#: formats OpenSlide reads, plus ``.h5`` so that a slide id naming its bring-your-own CLAM/TRIDENT
+#: features file (``features.external_dir/<key>.h5``) has the same key as the slide.
+SLIDE_EXTENSIONS: tuple[str, ...] = (
+    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm", ".h5",
+)  # fmt: skip
 
 #: MPP values outside this range (µm per level-0 pixel) are metadata noise, not a scan resolution.
 PLAUSIBLE_MPP_RANGE: tuple[float, float] = (0.05, 20.0)
@@ -37,6 +55,33 @@ READ_CHUNK_PX = 4096
 LEVEL_TOLERANCE = 0.02
 
 
+def slide_key(slide_id: str) -> str:
+    """Slide key = slide id without a known slide-file extension (dots elsewhere are kept)."""
+    name = str(slide_id).strip()
+    lower = name.lower()
+    for extension in SLIDE_EXTENSIONS:
+        if lower.endswith(extension):
+            return name[: -len(extension)]
+    return name
+
+
+def h5_attr(value):
+    """An HDF5 attribute as a plain Python value: bytes decoded (UTF-8, bad bytes replaced), numpy
+    scalars unwrapped, arrays (e.g. of strings) as lists of such values."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return [h5_attr(item) for item in value]
+    return value
+
+
+def h5_attrs(obj) -> dict:
+    """Every attribute of an open HDF5 file, group or dataset, as plain Python values (:func:`h5_attr`)."""
+    return {key: h5_attr(value) for key, value in obj.attrs.items()}
+
+
 @dataclass(frozen=True)
 class MppInfo:
     """Level-0 pixel size in µm and the metadata key (or ``override``) it came from."""
@@ -47,6 +92,8 @@ class MppInfo:
 
 def open_slide(path: str | os.PathLike, slide_id: str | None = None) -> openslide.OpenSlide:
     """Open ``path`` with OpenSlide or raise ``SlideError('failed', ...)`` explaining why not."""
+    import openslide
+
     path = Path(path)
     name = slide_id or path.name
     if not path.is_file():
@@ -145,6 +192,8 @@ def level_for_downsample(downsamples: tuple[float, ...], needed: float, toleranc
 
 def rgba_to_rgb_on_white(rgba: np.ndarray) -> np.ndarray:
     """Composite an RGBA array on white (transparent = unscanned area = background)."""
+    import cv2
+
     rgb = cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
     if rgba[..., 3].min() < 255:
         rows, cols = np.nonzero(rgba[..., 3] < 255)
@@ -154,12 +203,23 @@ def rgba_to_rgb_on_white(rgba: np.ndarray) -> np.ndarray:
 
 
 class SlideReader:
-    """An OpenSlide handle that reopens itself after a read error before retrying once."""
+    """One process's OpenSlide handle on one slide: opened on first use, reopened after a read error.
+
+    Creating a reader opens nothing, so a reader can be made before a DataLoader forks its workers
+    and each process opens its own handle. ``slide`` opens the file (``SlideError`` if it cannot).
+    Two kinds of reads:
+
+    - :meth:`read_region_rgb` / :meth:`read_downsampled` (tiling): composited on white, a read
+      that fails twice becomes a ``SlideError``;
+    - :meth:`read`, :meth:`read_strip`, :meth:`read_with_retry` (feature extraction, per patch):
+      the RGB channels of OpenSlide's RGBA as a view, no copy; a failed read raises OpenSlide's own
+      error so that the caller can count the patch and go on.
+    """
 
     def __init__(self, path: str | os.PathLike, slide_id: str | None = None):
         self.path = Path(path)
         self.slide_id = slide_id or self.path.name
-        self.slide = open_slide(self.path, self.slide_id)
+        self._slide: openslide.OpenSlide | None = None
 
     def __enter__(self) -> "SlideReader":
         return self
@@ -167,31 +227,69 @@ class SlideReader:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def close(self) -> None:
-        """Release the OpenSlide handle."""
-        self.slide.close()
+    @property
+    def slide(self) -> openslide.OpenSlide:
+        """The OpenSlide handle, opened now if it is not open."""
+        if self._slide is None:
+            self._slide = open_slide(self.path, self.slide_id)
+        return self._slide
 
-    def reopen(self) -> None:
-        """Replace the (possibly error-latched) handle with a fresh one."""
-        self.slide.close()
-        self.slide = open_slide(self.path, self.slide_id)
+    def close(self) -> None:
+        """Release the handle (the next read opens a fresh one)."""
+        if self._slide is not None:
+            self._slide.close()
+            self._slide = None
+
+    def reopen(self) -> openslide.OpenSlide:
+        """Replace the (possibly error-latched) handle with a fresh one, opened now."""
+        self.close()
+        return self.slide
+
+    def _rgba(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """RGBA uint8 (H, W, 4) of ``size`` at ``level``; ``location`` in level-0 pixels."""
+        return np.asarray(self.slide.read_region((int(location[0]), int(location[1])), level, size))
+
+    def _rgba_with_retry(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """:meth:`_rgba`; on an error reopen the handle and retry once; a second error is raised
+        with the handle closed, so that the next read starts on a fresh one."""
+        import openslide
+
+        try:
+            return self._rgba(location, level, size)
+        except (openslide.OpenSlideError, OSError):
+            self.close()
+            try:
+                return self._rgba(location, level, size)
+            except (openslide.OpenSlideError, OSError):
+                self.close()
+                raise
+
+    def read(self, x: int, y: int, level: int, size: int) -> np.ndarray:
+        """RGB uint8 (size, size, 3) region at ``level`` whose top-left is level-0 (x, y)."""
+        return self._rgba((x, y), level, (size, size))[:, :, :3]
+
+    def read_strip(self, x: int, y: int, level: int, size: int, count: int) -> list[np.ndarray]:
+        """``count`` side-by-side patches starting at level-0 (x, y), read as one region."""
+        region = self._rgba((x, y), level, (size * count, size))
+        return [region[:, i * size : (i + 1) * size, :3] for i in range(count)]
+
+    def read_with_retry(self, x: int, y: int, level: int, size: int) -> np.ndarray:
+        """:meth:`read`, retried once on a fresh handle (OpenSlide handles stay broken)."""
+        return self._rgba_with_retry((x, y), level, (size, size))[:, :, :3]
 
     def read_region_rgb(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
-        """RGB uint8 array (H, W, 3) of ``size`` at ``level``; ``location`` in level-0 pixels."""
-        for attempt in range(2):
-            try:
-                region = self.slide.read_region(location, level, size)
-                return rgba_to_rgb_on_white(np.asarray(region))
-            except openslide.OpenSlideError as err:
-                if attempt == 0:
-                    self.reopen()
-                    continue
-                raise SlideError(
-                    "failed",
-                    f"slide {self.slide_id!r}: opens but its pixels cannot be decoded at level {level} "
-                    f"({err}); the file is corrupt: re-download or re-export it",
-                ) from None
-        raise AssertionError("unreachable")
+        """RGB uint8 array (H, W, 3) of ``size`` at ``level`` composited on white; ``location`` in
+        level-0 pixels. Retried once on a fresh handle, then a ``SlideError``."""
+        import openslide
+
+        try:
+            return rgba_to_rgb_on_white(self._rgba_with_retry(location, level, size))
+        except openslide.OpenSlideError as err:
+            raise SlideError(
+                "failed",
+                f"slide {self.slide_id!r}: opens but its pixels cannot be decoded at level {level} "
+                f"({err}); the file is corrupt: re-download or re-export it",
+            ) from None
 
     def read_downsampled(self, scale_x: float, scale_y: float, out_size: tuple[int, int]) -> np.ndarray:
         """Whole slide as RGB at ``out_size`` (w, h); one output pixel = ``scale`` level-0 pixels.
@@ -199,6 +297,8 @@ class SlideReader:
         Reads from the best pyramid level in chunks of at most ``READ_CHUNK_PX`` per side and
         area-averages each chunk, so huge or single-level slides never need the full level in memory.
         """
+        import cv2
+
         out_w, out_h = out_size
         level = level_for_downsample(self.slide.level_downsamples, min(scale_x, scale_y))
         level_ds = self.slide.level_downsamples[level]
