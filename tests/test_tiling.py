@@ -14,6 +14,7 @@ import tifffile
 
 from ghanet_workflow import tiling
 from ghanet_workflow.errors import InputError, SlideError
+from ghanet_workflow.features import read_coords  # the feature stage's reader of the coords files
 from ghanet_workflow.slides import MppInfo, SlideReader, level_for_downsample, resolve_mpp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,7 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
 
 def assert_outputs_consistent(out_dir: Path, slide_id: str, row: dict) -> tuple[np.ndarray, dict]:
     """The three outputs exist and agree with the returned QC row."""
-    coords, attrs = tiling.read_coords_h5(out_dir / f"{slide_id}.h5")
+    coords, attrs = read_coords(out_dir / f"{slide_id}.h5")
     assert coords.dtype == np.int64 and coords.shape == (row["n_patches"], 2)
     assert attrs["status"] == row["status"] and attrs["reason"] == row["reason"]
     assert json.loads((out_dir / f"{slide_id}.qc.json").read_text())["status"] == row["status"]
@@ -267,7 +268,7 @@ def test_coords_and_attributes_round_trip(tmp_path):
         "reason": "",
     }
     tiling.write_coords_h5(tmp_path / "s.h5", coords, attrs)
-    read_back, read_attrs = tiling.read_coords_h5(tmp_path / "s.h5")
+    read_back, read_attrs = read_coords(tmp_path / "s.h5")
     assert np.array_equal(read_back, coords) and read_back.dtype == np.int64
     assert read_attrs == attrs
     with h5py.File(tmp_path / "s.h5") as handle:  # CLAM/TRIDENT read the dataset attrs; root has a copy
@@ -286,7 +287,7 @@ def test_failed_h5_write_leaves_no_partial_file(tmp_path, monkeypatch):
         run_tiling(CMU, tmp_path, "s")
     assert not list(tmp_path.rglob(".tmp-*"))
     monkeypatch.undo()
-    coords, attrs = tiling.read_coords_h5(target)  # the previous complete version is untouched
+    coords, attrs = read_coords(target)  # the previous complete version is untouched
     assert coords.shape == (1, 2) and attrs == {"status": "ok"}
     assert not (tmp_path / "s.qc.json").exists()
 
@@ -328,20 +329,7 @@ def test_options_presets_and_overrides():
 
 def test_overlap_shrinks_the_stride(tmp_path):
     row = run_tiling(CMU, tmp_path, "cmu-overlap", options={"overlap": 128})
-    coords, attrs = tiling.read_coords_h5(tmp_path / "cmu-overlap.h5")
+    coords, attrs = read_coords(tmp_path / "cmu-overlap.h5")
     assert attrs["overlap"] == 128 and row["status"] == "ok"
     steps = np.diff(np.unique(coords[:, 0]))
     assert steps.min() == round(128 * 0.5 / 0.499)
-
-
-def test_qc_table_and_contact_sheet(tmp_path, cmu_tiled):
-    run_tiling(TCGA_NO_MPP, tmp_path, "TCGA-CR-7395")
-    run_tiling(CMU, tmp_path, "CMU")
-    table = tiling.qc_table([tmp_path / "TCGA-CR-7395.qc.json", tmp_path / "CMU.qc.json"])
-    assert list(table.columns) == list(tiling.QC_COLUMNS)
-    assert table.set_index("slide_id")["status"].to_dict() == {"CMU": "ok", "TCGA-CR-7395": "failed"}
-    with pytest.raises(InputError, match="nope.qc.json"):
-        tiling.qc_table([tmp_path / "nope.qc.json"])
-    tiling.contact_sheet(sorted((tmp_path / "qc").glob("*.png")), tmp_path / "sheet.png", cell_px=200, columns=5)
-    sheet = cv2.imread(str(tmp_path / "sheet.png"))
-    assert sheet.shape == (200, 1000, 3)

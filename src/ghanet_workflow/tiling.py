@@ -16,7 +16,6 @@ sizes in µm and areas in mm² -> vectorised tissue fraction per patch (integral
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -29,7 +28,6 @@ from pathlib import Path
 import cv2
 import h5py
 import numpy as np
-import pandas as pd
 
 from ghanet_workflow.atomic import atomic_path, write_json
 from ghanet_workflow.errors import InputError, SlideError
@@ -66,28 +64,6 @@ DEFAULTS: dict[str, object] = {
     "background_max_tissue_fraction": 0.5,
     "qc_png_max_px": 1600,
 }
-
-#: Columns of a QC row, in the order of the cohort QC table.
-QC_COLUMNS: tuple[str, ...] = (
-    "slide_id",
-    "status",
-    "reason",
-    "mpp",
-    "mpp_source",
-    "level",
-    "downsample",
-    "achieved_mpp",
-    "level0_width",
-    "level0_height",
-    "tissue_area_mm2",
-    "n_patches",
-    "n_flagged_pen",
-    "n_flagged_blur",
-    "n_flagged_background",
-    "preset",
-    "seconds",
-    "slide_path",
-)
 
 #: OpenCV HSV (H in 0..180) hue band of blue/green marker ink, and the saturation it needs.
 PEN_HUE_RANGE = (35, 115)
@@ -577,19 +553,6 @@ def write_png(target: str | os.PathLike, image_bgr: np.ndarray) -> None:
             raise OSError(f"OpenCV could not write the PNG {str(target)!r}")
 
 
-def read_coords_h5(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
-    """``coords`` and its attributes from a tiling HDF5 file."""
-    with h5py.File(path, "r") as handle:
-        dataset = handle["coords"]
-        return dataset[()], {key: _plain(value) for key, value in dataset.attrs.items()}
-
-
-def _plain(value):
-    if isinstance(value, bytes):
-        return value.decode()
-    return value.item() if isinstance(value, np.generic) else value
-
-
 def tile_slide(
     slide_path: str | os.PathLike,
     *,
@@ -613,48 +576,6 @@ def tile_slide(
     result.qc["seconds"] = round(time.perf_counter() - started, 3)
     write_json(out_qc_json, result.qc)
     return result.qc
-
-
-# --------------------------------------------------------------------------- cohort QC
-
-
-def qc_table(qc_json_paths: list[str | os.PathLike]) -> pd.DataFrame:
-    """Cohort QC table: one row per slide QC JSON, columns in ``QC_COLUMNS`` order."""
-    rows = []
-    for path in qc_json_paths:
-        try:
-            rows.append(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError) as err:
-            raise InputError(
-                f"tiling QC file {str(path)!r} is missing or not valid JSON ({err}); rerun tiling for it"
-            ) from None
-    frame = pd.DataFrame(rows, columns=list(QC_COLUMNS))
-    return frame.sort_values("slide_id", kind="stable").reset_index(drop=True)
-
-
-def contact_sheet(
-    png_paths: list[str | os.PathLike], out_png: str | os.PathLike, cell_px: int = 320, columns: int = 5
-) -> None:
-    """Atomically write a grid of QC pictures (each fitted into a ``cell_px`` square cell)."""
-    if not png_paths:
-        raise InputError("contact_sheet: no QC pictures given")
-    cells = []
-    for path in png_paths:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise InputError(f"QC picture {str(path)!r} is missing or unreadable; rerun tiling for it")
-        factor = cell_px / max(image.shape[:2])
-        image = cv2.resize(
-            image,
-            (max(1, round(image.shape[1] * factor)), max(1, round(image.shape[0] * factor))),
-            interpolation=cv2.INTER_AREA,
-        )
-        cell = np.full((cell_px, cell_px, 3), 255, np.uint8)
-        cell[: image.shape[0], : image.shape[1]] = image
-        cells.append(cv2.rectangle(cell, (0, 0), (cell_px - 1, cell_px - 1), (200, 200, 200), 1))
-    cells += [np.full_like(cells[0], 255)] * (-len(cells) % columns)
-    rows = [np.hstack(cells[i : i + columns]) for i in range(0, len(cells), columns)]
-    write_png(out_png, np.vstack(rows))
 
 
 # --------------------------------------------------------------------------- CLI
