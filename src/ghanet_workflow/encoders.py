@@ -2,8 +2,9 @@
 
 Every encoder the workflow knows is an :class:`EncoderSpec` registered here (``register_encoder``,
 in the spirit of timm's ``register_model``); ``create_encoder(name, weights)`` builds the timm
-architecture with ``pretrained=False`` and loads the weights from a local file. Nothing here ever
-calls a model hub, so ``HF_HUB_OFFLINE=1`` runs work.
+architecture with ``pretrained=False`` and loads the weights from a local file (in two steps for the
+feature stage: ``resolve_encoder`` checks the weights file and its SHA-256, ``.load(device)`` builds
+the model). Nothing here ever calls a model hub, so ``HF_HUB_OFFLINE=1`` runs work.
 
 Weights sources:
 
@@ -183,6 +184,34 @@ def build_loaded_model(spec: EncoderSpec, state: StateDict, path: Path) -> nn.Mo
     return model.float()
 
 
+@dataclass(frozen=True)
+class ResolvedEncoder:
+    """An encoder whose registry entry and weights file are found and checked, not loaded yet."""
+
+    spec: EncoderSpec
+    weights_path: Path
+    weights_sha256: str
+
+    def load(self, device: str | torch.device = "cpu") -> nn.Module:
+        """The model with its weights, in eval mode on ``device``; ``model.weights_sha256`` is set."""
+        model = load_encoder(self.spec, self.weights_path, device)
+        model.weights_sha256 = self.weights_sha256
+        return model
+
+
+def resolve_encoder(name: str, weights: str | Path | None = None, sha256: str | None = None) -> ResolvedEncoder:
+    """What :func:`create_encoder` checks before it reads the checkpoint: the registry entry, the
+    weights file (shipped in a package, or ``weights`` = config ``features.weights``) and its
+    SHA-256 (against ``sha256`` = ``features.weights_sha256`` when given).
+
+    For a caller that needs the weights' SHA-256 before it decides to load the model (the feature
+    stage skips the load when every output is already complete).
+    """
+    spec = get_spec(name)
+    path = resolve_weights(spec, weights)
+    return ResolvedEncoder(spec, path, check_sha256(path, sha256))
+
+
 def create_encoder(
     name: str,
     weights: str | Path | None = None,
@@ -193,14 +222,10 @@ def create_encoder(
 
     Returns ``(model, spec)``; ``model.weights_sha256`` holds the SHA-256 of the loaded file. A
     missing checkpoint, a SHA-256 mismatch or a checkpoint whose keys do not match the architecture
-    raise an InputError naming the config key.
+    raise an InputError naming the config key. The same as ``resolve_encoder(...).load(device)``.
     """
-    spec = get_spec(name)
-    path = resolve_weights(spec, weights)
-    digest = check_sha256(path, sha256)
-    model = load_encoder(spec, path, device)
-    model.weights_sha256 = digest
-    return model, spec
+    resolved = resolve_encoder(name, weights, sha256)
+    return resolved.load(device), resolved.spec
 
 
 def load_encoder(spec: EncoderSpec, path: Path, device: str | torch.device = "cpu") -> nn.Module:

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from . import __version__
 from .atomic import atomic_path, write_text
 from .options import parse_options
-from .encoders import EncoderSpec, check_sha256, get_spec, load_encoder, resolve_weights
+from .encoders import EncoderSpec, check_sha256, get_spec, resolve_encoder
 from .errors import InputError, SlideError
 from .slides import SlideReader, h5_attr, h5_attrs
 
@@ -511,9 +511,8 @@ def extract_features(
     ``n_bad_patches``, ``skipped`` (True if a complete matching output already existed).
     """
     options = resolve_options(options)
-    spec = get_spec(str(options["encoder"]))
-    weights_path = resolve_weights(spec, options["weights"])
-    weights_sha256 = check_sha256(weights_path, options["weights_sha256"])
+    resolved = resolve_encoder(str(options["encoder"]), options["weights"], options["weights_sha256"])
+    spec, weights_sha256 = resolved.spec, resolved.weights_sha256
     device = resolve_device(str(options["device"]))
     precision = resolve_precision(str(options["precision"]), spec, device)
     run = RunContext(options, spec, weights_sha256, precision)
@@ -531,7 +530,7 @@ def extract_features(
 
     pending = [index for index in range(len(plans)) if index not in results]
     if pending:
-        encoder = Encoder(load_encoder(spec, weights_path, device), spec, device, precision)
+        encoder = Encoder(resolved.load(device), spec, device, precision)
         for index, result in run_encoder([plans[i] for i in pending], encoder, run):
             results[pending[index]] = {**result, "skipped": False}
     return [
