@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ from .options import parse_options
 from .encoders import EncoderSpec, check_sha256, get_spec, resolve_encoder
 from .errors import InputError, SlideError
 from .slides import SlideReader, h5_attr, h5_attrs
+
+log = logging.getLogger(__name__)
 
 #: config ``features`` section: option -> default (see config/README.md)
 DEFAULTS: dict[str, object] = {
@@ -701,17 +704,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """``ghanet-wf extract``: features for many slides with one model load (or import external ones)."""
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = parse_options(args.options, what="features")
     sources = args.slides or args.external
     if len(args.out) != len(sources) or (args.slides and len(args.coords or []) != len(args.slides)):
         raise InputError("extract: give one --out (and one --coords for --slides) per input file, in the same order")
     started = time.perf_counter()
     if args.slides:
-        print(f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}", flush=True)
+        log.info("CUDA_VISIBLE_DEVICES=%s", os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"))
         results = extract_features(list(zip(args.slides, args.coords, args.out)), options)
     else:
         dim = get_spec(str(resolve_options(options)["encoder"])).feature_dim
         results = [import_external_features(src, out, dim) for src, out in zip(args.external, args.out)]
+    # the command's product, on stdout (the job log): one line per slide, then the total
     for result in results:
         print(
             f"{result['slide_id']}: {result['status']} {result['n_patches']} patches, "

@@ -598,6 +598,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     """``ghanet-wf tile``: exit 0 also for failed slides (their status is in the outputs), 2 for bad options."""
     args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         options = parse_options(args.options, what="tiling")
         row = tile_slide(
@@ -610,7 +611,7 @@ def main(argv: list[str]) -> int:
             options=options,
         )
     except InputError as err:
-        print(f"ghanet-wf tile: {err}", file=sys.stderr)
+        print(f"ghanet-wf tile: {err}", file=sys.stderr)  # the command's one-line error, as cli.py prints them
         return 2
-    print(f"{row['slide_id']}: {row['status']}, {row['n_patches']} patches {row['reason']}".rstrip(), file=sys.stderr)
+    log.info("%s", f"{row['slide_id']}: {row['status']}, {row['n_patches']} patches {row['reason']}".rstrip())
     return 0
