@@ -46,7 +46,7 @@ def read_all(plan: features.SlidePlan, per_read: int, batch_size: int) -> tuple[
     started = time.perf_counter()
     batches = [dataset[key] for key in features.batch_keys([plan], batch_size)]
     seconds = time.perf_counter() - started
-    dataset._reader_for(0).close()
+    dataset.close()
     return seconds, np.concatenate([b.pixels.numpy() for b in batches])
 
 

@@ -233,6 +233,12 @@ class PatchBatches(Dataset):
             self._reader_slide = slide_index
         return self._reader
 
+    def close(self) -> None:
+        """Close this process's open slide, if any."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader, self._reader_slide = None, -1
+
     def __getitem__(self, key: BatchKey) -> PatchBatch:
         plan = self.plans[key.slide_index]
         reader = self._reader_for(key.slide_index)

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from .. import plots
-from ..cohort import slide_key
-from ..errors import InputError
+from ..errors import InputError, SlideError
+from ..slides import h5_attr, h5_attrs, open_slide, slide_key
 from .inputs import index_fold_files
 from .qc import slide_paths
 
@@ -36,12 +36,12 @@ def read_attention_files(paths: Iterable[str | Path], default_model: str = "ghan
             continue
         try:
             with h5py.File(path, "r") as handle:
-                groups = [str(g) for g in handle.attrs.get("groups", [])]
+                groups = [str(g) for g in h5_attr(handle.attrs.get("groups", []))]
                 entries = handle.get("patients") or {}
                 for key in sorted(entries, key=int):
                     entry = entries[key]
                     record = {name: entry[name][()] for name in ATTENTION_DATASETS}
-                    record.update({name: _plain(value) for name, value in entry.attrs.items()})
+                    record.update(h5_attrs(entry))
                     patients.append({**record, "model": model, "fold": fold, "groups": groups})
         except (OSError, KeyError, ValueError) as exc:
             raise InputError(
@@ -52,13 +52,6 @@ def read_attention_files(paths: Iterable[str | Path], default_model: str = "ghan
         key = (patient["model"], patient["fold"], patient["risk_end"])
         patient["rank"] = seen[key] = seen.get(key, -1) + 1
     return patients
-
-
-def _plain(value):
-    """An HDF5 attribute as a Python value (string arrays as lists of str)."""
-    if isinstance(value, np.ndarray):
-        return [v.decode() if isinstance(v, bytes) else v.item() if hasattr(v, "item") else v for v in value]
-    return value.decode() if isinstance(value, bytes) else value.item() if hasattr(value, "item") else value
 
 
 def select_attention_patients(patients: Sequence[dict], n: int) -> list[dict]:
@@ -78,16 +71,14 @@ def read_thumbnail(
     path: str | Path | None, max_px: int = THUMBNAIL_PX
 ) -> tuple[np.ndarray, tuple[int, int]] | None:
     """RGB thumbnail and level-0 (width, height) of a slide read with OpenSlide; None if it cannot be read."""
-    if path is None or not Path(path).is_file():
+    if path is None:
         return None
+    from openslide import OpenSlideError
+
     try:
-        import openslide
-    except ImportError:
-        return None
-    try:
-        with openslide.OpenSlide(str(path)) as slide:
+        with open_slide(path) as slide:
             return np.asarray(slide.get_thumbnail((max_px, max_px)).convert("RGB")), tuple(slide.dimensions)
-    except (OSError, openslide.OpenSlideError):
+    except (OSError, SlideError, OpenSlideError):
         return None
 
 

@@ -11,8 +11,8 @@ from tabulate import tabulate
 
 from .. import plots
 from ..atomic import write_csv, write_text
-from ..cohort import slide_key
 from ..errors import InputError
+from ..slides import slide_key
 from .inputs import read_csv
 from .options import resolve_options
 from .text import html_page
