@@ -393,6 +393,27 @@ def check_some_slide_on_disk(
     )
 
 
+def absent_slides_warning(slides: pd.DataFrame, absent: pd.DataFrame, k: int, clinical) -> str:
+    """What to tell the user about slides of the clinical table that are not on disk ("" when none is).
+
+    Raises InputError when fewer patients than ``k`` folds keep a slide (or external features).
+    """
+    if not len(absent):
+        return ""
+    usable = set(slides.loc[~slides.index.isin(absent.index), "case_id"])
+    patients = slides["case_id"].nunique()
+    if len(usable) < int(k):
+        raise InputError(
+            f"only {len(usable)} patient(s) of {clinical} have a slide on disk, fewer than "
+            f"splits.k = {k} folds: check slides.dir / slides.table, or lower splits.k"
+        )
+    return (
+        f"{len(absent)} slide(s) of the clinical table are not on disk and are reported as missing: "
+        f"{listed(absent['path'].astype(str), 5)}. {patients - len(usable)} of {patients} patients have "
+        f"no slide on disk; {len(usable)} remain for the folds"
+    )
+
+
 # ----------------------------------------------------------------------------- new slides to predict
 
 
@@ -422,8 +443,13 @@ def read_predict_slides(path: str | Path, key: str | None = "predict.slides") ->
     return table.drop(columns="_line").reset_index(drop=True)
 
 
-def load_predict_slides(path: str | Path, key: str = "predict.slides") -> pd.DataFrame:
-    """New slides to tile, indexed by slide key: case_id, slide_id, path, mpp (float), exists."""
+def load_predict_slides(path: str | Path | None, key: str = "predict.slides") -> pd.DataFrame:
+    """New slides to tile, indexed by slide key: case_id, slide_id, path, mpp (float), exists.
+
+    No table (``predict.slides`` unset): no new slides.
+    """
+    if not path:
+        return pd.DataFrame(columns=["case_id", "slide_id", "path", "mpp", "exists"])
     table = read_predict_slides(path, key)
     lines = pd.Series(range(2, len(table) + 2), index=table.index)
     no_path = (table["path"].str.strip() == "") if "path" in table else pd.Series(True, index=table.index)

@@ -4,7 +4,6 @@ import json
 import shlex
 from pathlib import Path
 
-import pandas as pd
 from snakemake.logging import logger
 
 # ---------------------------------------------------------------- paths
@@ -135,6 +134,7 @@ import sys
 
 from ghanet_workflow import slide_files, slide_table
 from ghanet_workflow.errors import InputError
+from ghanet_workflow.slide_set import SlideSet, chunk_keys
 from ghanet_workflow.report import partial as partial_report
 from ghanet_workflow.report.options import product_options
 
@@ -191,21 +191,14 @@ ABSENT = SLIDES[~SLIDES["exists"] & ~SLIDES.index.isin(list(EXTERNAL))]
 # (10,000 slides: tens of thousands of calls in a dry run), where a dict lookup beats DataFrame.loc.
 SLIDE_ROWS = SLIDES.to_dict("index")
 
-if len(ABSENT):
-    _usable = set(SLIDES.loc[~SLIDES.index.isin(ABSENT.index), "case_id"])
-    _patients = SLIDES["case_id"].nunique()
-    logger.warning(
-        f"{len(ABSENT)} slide(s) of the clinical table are not on disk and are reported as missing: "
-        + ", ".join(ABSENT["path"].astype(str).head(5))
-        + (", ..." if len(ABSENT) > 5 else "")
-        + f". {_patients - len(_usable)} of {_patients} patients have no slide on disk; "
-        f"{len(_usable)} remain for the folds"
+try:
+    _absent = slide_table.absent_slides_warning(
+        SLIDES, ABSENT, config["splits"]["k"], config["clinical"]
     )
-    if len(_usable) < int(config["splits"]["k"]):
-        stop(
-            f"only {len(_usable)} patient(s) of {config['clinical']} have a slide on disk, fewer than "
-            f"splits.k = {config['splits']['k']} folds: check slides.dir / slides.table, or lower splits.k"
-        )
+except InputError as error:
+    stop(error)
+if _absent:
+    logger.warning(_absent)
 
 # Encoder weights named in the config must exist before any slide is tiled (not in the GPU job).
 _weights = config["features"].get("weights")
@@ -227,48 +220,24 @@ wildcard_constraints:
 # ---------------------------------------------------------------- input functions
 
 
-def slide_path(wildcards):
-    return SLIDE_ROWS[wildcards.slide]["path"]
-
-
-def slide_id(wildcards):
-    return SLIDE_ROWS[wildcards.slide]["slide_id"]
-
-
-def mpp_option(wildcards):
-    mpp = SLIDE_ROWS[wildcards.slide]["mpp"]
-    return "" if pd.isna(mpp) else f"--mpp {float(mpp)}"
-
-
-def _chunks(keys, size):
-    keys = sorted(keys)
-    return {
-        f"chunk{i // size:04d}": keys[i : i + size] for i in range(0, len(keys), size)
-    }
-
-
+# The cohort's slides: input functions of tile_slide and extract_features (ghanet_workflow.slide_set).
 SLIDES_PER_JOB = int(config["features"].get("slides_per_job", 16))
-FEATURE_CHUNKS = _chunks(TILED.index, SLIDES_PER_JOB)
-IMPORT_CHUNKS = {
-    name.replace("chunk", "import"): keys
-    for name, keys in _chunks(EXTERNAL, SLIDES_PER_JOB).items()
-}
-
-
-def feature_file(key):
-    return f"{RESULTS}/features/{ENCODER}/{key}.h5"
+COHORT_SLIDES = SlideSet(SLIDE_ROWS, TILED.index, RESULTS, ENCODER, SLIDES_PER_JOB)
+# Bring-your-own features: one import job per chunk of them (rule import_features).
+IMPORT_CHUNKS = chunk_keys(EXTERNAL, SLIDES_PER_JOB, prefix="import")
 
 
 def feature_files(wildcards=None):
     """Per-slide feature HDF5 files (written by the extraction and import chunk jobs)."""
-    return [feature_file(key) for key in sorted([*TILED.index, *EXTERNAL])]
+    return [
+        COHORT_SLIDES.feature_file(key) for key in sorted([*TILED.index, *EXTERNAL])
+    ]
 
 
 def feature_manifests(wildcards=None):
-    return expand(
-        f"{RESULTS}/features/{ENCODER}/chunks/{{chunk}}.txt",
-        chunk=[*FEATURE_CHUNKS, *IMPORT_CHUNKS],
-    )
+    return COHORT_SLIDES.manifests() + [
+        COHORT_SLIDES.manifest_file(chunk) for chunk in IMPORT_CHUNKS
+    ]
 
 
 def find_damaged_slide_files():
@@ -317,27 +286,7 @@ def import_sources(wildcards):
 
 
 def import_feature_files(wildcards):
-    return [feature_file(key) for key in IMPORT_CHUNKS[wildcards.chunk]]
-
-
-def chunk_slide_paths(wildcards):
-    return [SLIDE_ROWS[key]["path"] for key in FEATURE_CHUNKS[wildcards.chunk]]
-
-
-def chunk_coords(wildcards):
-    return [f"{RESULTS}/tiles/{key}.h5" for key in FEATURE_CHUNKS[wildcards.chunk]]
-
-
-def chunk_feature_files(wildcards):
-    return [feature_file(key) for key in FEATURE_CHUNKS[wildcards.chunk]]
-
-
-def tile_qc_files(wildcards=None):
-    return expand(f"{RESULTS}/tiles/{{slide}}.qc.json", slide=TILED.index)
-
-
-def tile_qc_pngs(wildcards=None):
-    return expand(f"{RESULTS}/tiles/qc/{{slide}}.png", slide=TILED.index)
+    return [COHORT_SLIDES.feature_file(key) for key in IMPORT_CHUNKS[wildcards.chunk]]
 
 
 def fold_outputs(name):
@@ -430,15 +379,9 @@ PREDICT_MODEL = PREDICT.get("model") or "ghanet"
 PREDICT_MODELS_FROM = PREDICT.get("models_from") or RESULTS
 
 
-def load_predict_slides():
-    """New slides indexed by slide key (case_id, slide_id, path, mpp, exists); empty when predict.slides is unset."""
-    if not PREDICT.get("slides"):
-        return pd.DataFrame(columns=["case_id", "slide_id", "path", "mpp", "exists"])
-    return slide_table.load_predict_slides(PREDICT["slides"])
-
-
 try:
-    PREDICT_SLIDES = load_predict_slides()
+    # New slides indexed by slide key (case_id, slide_id, path, mpp, exists); none without predict.slides.
+    PREDICT_SLIDES = slide_table.load_predict_slides(PREDICT.get("slides"))
     slide_table.check_some_predict_slide_on_disk(PREDICT_SLIDES, PREDICT.get("slides"))
 except InputError as error:
     stop(error)
@@ -446,8 +389,13 @@ except InputError as error:
 # reason (ghanet-wf predict reads the same table) and scores the other patients.
 PREDICT_TILED = PREDICT_SLIDES[PREDICT_SLIDES["exists"].astype(bool)]
 PREDICT_ABSENT = PREDICT_SLIDES[~PREDICT_SLIDES["exists"].astype(bool)]
-PREDICT_CHUNKS = _chunks(PREDICT_TILED.index, SLIDES_PER_JOB)
-PREDICT_SLIDE_ROWS = PREDICT_SLIDES.to_dict("index")
+PREDICT_SLIDE_SET = SlideSet(
+    PREDICT_SLIDES.to_dict("index"),
+    PREDICT_TILED.index,
+    PREDICT_DIR,
+    ENCODER,
+    SLIDES_PER_JOB,
+)
 
 if len(PREDICT_ABSENT):
     logger.warning(
@@ -465,40 +413,6 @@ def predict_slide_table(wildcards):
             "(case_id, slide_id, path, optional mpp), e.g. --config predict='{slides: new.csv}'"
         )
     return PREDICT["slides"]
-
-
-def predict_slide_path(wildcards):
-    return PREDICT_SLIDE_ROWS[wildcards.slide]["path"]
-
-
-def predict_slide_id(wildcards):
-    return PREDICT_SLIDE_ROWS[wildcards.slide]["slide_id"]
-
-
-def predict_mpp_option(wildcards):
-    mpp = PREDICT_SLIDE_ROWS[wildcards.slide]["mpp"]
-    return "" if pd.isna(mpp) else f"--mpp {float(mpp)}"
-
-
-def predict_chunk_slide_paths(wildcards):
-    return [PREDICT_SLIDE_ROWS[key]["path"] for key in PREDICT_CHUNKS[wildcards.chunk]]
-
-
-def predict_chunk_coords(wildcards):
-    return [f"{PREDICT_DIR}/tiles/{key}.h5" for key in PREDICT_CHUNKS[wildcards.chunk]]
-
-
-def predict_chunk_feature_files(wildcards):
-    return [
-        f"{PREDICT_DIR}/features/{ENCODER}/{key}.h5"
-        for key in PREDICT_CHUNKS[wildcards.chunk]
-    ]
-
-
-def predict_manifests(wildcards):
-    return expand(
-        f"{PREDICT_DIR}/features/{ENCODER}/chunks/{{chunk}}.txt", chunk=PREDICT_CHUNKS
-    )
 
 
 def predict_model_files(wildcards):

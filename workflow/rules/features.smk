@@ -6,8 +6,8 @@
 
 rule extract_features:
     input:
-        slides=chunk_slide_paths,
-        coords=chunk_coords,
+        slides=COHORT_SLIDES.chunk_slide_paths,
+        coords=COHORT_SLIDES.chunk_coords,
         redo=redo_markers(f"{RESULTS}/features/{{encoder}}/chunks/{{chunk}}.txt"),
     output:
         manifest=f"{RESULTS}/features/{{encoder}}/chunks/{{chunk}}.txt",
@@ -23,7 +23,7 @@ rule extract_features:
         disk_mb=1000,
         run_settings=FEATURES_RUN_SETTINGS,
     params:
-        out=chunk_feature_files,
+        out=COHORT_SLIDES.chunk_feature_files,
         options=options("features"),
     shell:
         "exec python -m ghanet_workflow.cli extract --slides {input.slides:q} --coords {input.coords:q}"

@@ -7,7 +7,7 @@
 
 use rule tile_slide as predict_tile_slide with:
     input:
-        slide=predict_slide_path,
+        slide=PREDICT_SLIDE_SET.slide_path,
     output:
         coords=f"{PREDICT_DIR}/tiles/{{slide}}.h5",
         qc=f"{PREDICT_DIR}/tiles/{{slide}}.qc.json",
@@ -15,26 +15,26 @@ use rule tile_slide as predict_tile_slide with:
     log:
         f"{LOGS}/predict/tile_slide/{{slide}}.log",
     params:
-        slide_id=predict_slide_id,
-        mpp=predict_mpp_option,
+        slide_id=PREDICT_SLIDE_SET.slide_id,
+        mpp=PREDICT_SLIDE_SET.mpp_option,
 
 
 use rule extract_features as predict_extract_features with:
     input:
-        slides=predict_chunk_slide_paths,
-        coords=predict_chunk_coords,
+        slides=PREDICT_SLIDE_SET.chunk_slide_paths,
+        coords=PREDICT_SLIDE_SET.chunk_coords,
     output:
         manifest=f"{PREDICT_DIR}/features/{{encoder}}/chunks/{{chunk}}.txt",
     log:
         f"{LOGS}/predict/extract_features/{{encoder}}/{{chunk}}.log",
     params:
-        out=predict_chunk_feature_files,
+        out=PREDICT_SLIDE_SET.chunk_feature_files,
 
 
 rule predict_risks:
     input:
         slides=predict_slide_table,
-        manifests=predict_manifests,
+        manifests=PREDICT_SLIDE_SET.manifests,
         models=predict_model_files,
     output:
         risks=f"{PREDICT_DIR}/risks.csv",

@@ -118,7 +118,7 @@ rule report_training_curves:
 rule report_failed_slides:
     input:
         slides=rules.build_cohort.output.slides,
-        qc=tile_qc_files,
+        qc=COHORT_SLIDES.tile_qc_files,
     output:
         md=f"{RESULTS}/report/failed_slides.md",
         html=report(
@@ -149,8 +149,8 @@ rule report_failed_slides:
 rule report_qc_sheet:
     input:
         slides=rules.build_cohort.output.slides,
-        qc=tile_qc_files,
-        qc_png=tile_qc_pngs,
+        qc=COHORT_SLIDES.tile_qc_files,
+        qc_png=COHORT_SLIDES.tile_qc_pngs,
     output:
         report(
             f"{RESULTS}/report/qc_contact_sheet.png",
