@@ -21,7 +21,7 @@ from PIL import Image
 from timm.data import ImageNetInfo
 from torchvision import transforms
 
-from ghanet_workflow import encoders, features
+from ghanet_workflow import encoders, external_features, features
 from ghanet_workflow.slides import SlideReader
 from ghanet_workflow.errors import InputError
 
@@ -354,19 +354,19 @@ def test_clam_and_trident_features_are_found_imported_and_dimension_checked(tmp_
         handle["features"], handle["coords"] = h5_feats, h5_coords
     torch.save(torch.from_numpy(rng.normal(size=(5, 1024)).astype(np.float32)), folder / "pt_files" / "slide-B.pt")
 
-    found_a = features.find_external_features(folder, "slide A")
-    found_b = features.find_external_features(folder, "slide-B")
+    found_a = external_features.find_external_features(folder, "slide A")
+    found_b = external_features.find_external_features(folder, "slide-B")
     assert found_a == folder / "h5_files" / "slide A.h5" and found_b == folder / "pt_files" / "slide-B.pt"
-    assert features.find_external_features(folder, "slide C") is None
+    assert external_features.find_external_features(folder, "slide C") is None
 
-    result = features.import_external_features(found_a, tmp_path / "a.h5", expected_dim=1024, slide_id="slide A")
+    result = external_features.import_features(found_a, tmp_path / "a.h5", expected_dim=1024, slide_id="slide A")
     feats, coords, attrs = read_output(tmp_path / "a.h5")
     assert result["n_patches"] == 7 and np.array_equal(feats, h5_feats) and np.array_equal(coords, h5_coords)
     assert attrs["source"] == str(found_a) and attrs["status"] == "ok"
-    features.import_external_features(found_b, tmp_path / "b.h5", expected_dim=1024)
+    external_features.import_features(found_b, tmp_path / "b.h5", expected_dim=1024)
     feats_b, coords_b, _ = read_output(tmp_path / "b.h5")
     assert feats_b.shape == (5, 1024) and (coords_b == -1).all()  # CLAM .pt carries no coords
 
     with pytest.raises(InputError, match="1024-d but the model expects 1280-d"):
-        features.import_external_features(found_a, tmp_path / "x.h5", expected_dim=1280)
+        external_features.import_features(found_a, tmp_path / "x.h5", expected_dim=1280)
     assert not (tmp_path / "x.h5").exists()

@@ -9,7 +9,6 @@ written, and a new slide whose file is missing does not stop ``snakemake predict
 
 from __future__ import annotations
 
-import ast
 import os
 import re
 import subprocess
@@ -383,16 +382,6 @@ def test_the_parse_imports_no_heavy_module():
     )
     result = run([sys.executable, "-c", code])
     assert result.returncode == 0, result.stderr
-
-
-def test_external_feature_layouts_match_the_features_stage():
-    source = (REPO / "src" / "ghanet_workflow" / "features.py").read_text()
-    node = next(
-        n
-        for n in ast.parse(source).body
-        if isinstance(n, ast.Assign) and any(getattr(t, "id", None) == "EXTERNAL_LAYOUTS" for t in n.targets)
-    )
-    assert ast.literal_eval(node.value) == slide_table.EXTERNAL_LAYOUTS
 
 
 # ----------------------------------------------------------------------------- predict with a missing slide

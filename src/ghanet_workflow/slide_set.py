@@ -20,6 +20,23 @@ def chunk_keys(keys: Iterable[str], size: int, prefix: str = "chunk") -> dict[st
     return {f"{prefix}{i // size:04d}": keys[i : i + size] for i in range(0, len(keys), size)}
 
 
+#: the SlideSet methods that rules use as input or params functions
+INPUT_FUNCTIONS = (
+    "slide_path", "slide_id", "mpp_option", "chunk_slide_paths", "chunk_coords", "chunk_feature_files",
+    "manifests", "tile_qc_files", "tile_qc_pngs",
+)  # fmt: skip
+
+
+def _plain_function(method):
+    """``method`` as a plain one-argument function (same name and docstring)."""
+
+    def function(wildcards=None):
+        return method(wildcards)
+
+    function.__name__, function.__doc__ = method.__name__, method.__doc__
+    return function
+
+
 class SlideSet:
     """Slides to tile and featurise: their table rows, their extraction chunks and their file layout.
 
@@ -34,6 +51,11 @@ class SlideSet:
         self.out_dir = out_dir
         self.encoder = encoder
         self.chunks = chunk_keys(self.tiled, slides_per_job)
+        # Snakemake inspects an input function's signature at every call (tens of thousands in a
+        # large dry run), and a bound method's costs twice a plain function's: the rules get
+        # plain functions.
+        for name in INPUT_FUNCTIONS:
+            setattr(self, name, _plain_function(getattr(self, name)))
 
     # ------------------------------------------------------------ file layout
 

@@ -29,6 +29,7 @@ from typing import Iterable, Mapping, Sequence
 import pandas as pd
 import yaml
 
+from ghanet_workflow import external_features
 from ghanet_workflow.cohort import REQUIRED_COLUMNS
 from ghanet_workflow.errors import MAX_LISTED, InputError, listed
 from ghanet_workflow.slides import slide_key
@@ -38,9 +39,6 @@ SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"
 SLIDES_SCHEMA = SCHEMA_DIR / "slides.schema.yaml"
 PREDICT_SCHEMA = SCHEMA_DIR / "predict_slides.schema.yaml"
 CONFIG_SCHEMA = SCHEMA_DIR / "config.schema.yaml"
-#: file layouts of bring-your-own features, as ghanet_workflow.features.EXTERNAL_LAYOUTS (not
-#: imported: that module imports torch)
-EXTERNAL_LAYOUTS = ("{slide}.h5", "h5_files/{slide}.h5", "{slide}.pt", "pt_files/{slide}.pt")
 SEPARATORS = {"\t": "tab", ",": "comma", ";": "semicolon"}
 PATH_SEPARATOR = re.compile(r"[/\\]")
 
@@ -358,14 +356,8 @@ def find_external_features(folder: str | Path | None, keys: Iterable[str]) -> di
     """key -> existing CLAM/TRIDENT feature file in ``folder`` (features.external_dir), for the keys that have one."""
     if not folder:
         return {}
-    found = {}
-    for key in keys:
-        for layout in EXTERNAL_LAYOUTS:
-            candidate = Path(folder) / layout.format(slide=key)
-            if candidate.is_file():
-                found[key] = str(candidate)
-                break
-    return found
+    found = {key: external_features.find_external_features(folder, key) for key in keys}
+    return {key: str(path) for key, path in found.items() if path is not None}
 
 
 def check_some_slide_on_disk(
@@ -402,16 +394,17 @@ def absent_slides_warning(slides: pd.DataFrame, absent: pd.DataFrame, k: int, cl
         return ""
     usable = set(slides.loc[~slides.index.isin(absent.index), "case_id"])
     patients = slides["case_id"].nunique()
-    if len(usable) < int(k):
-        raise InputError(
-            f"only {len(usable)} patient(s) of {clinical} have a slide on disk, fewer than "
-            f"splits.k = {k} folds: check slides.dir / slides.table, or lower splits.k"
-        )
-    return (
+    message = (
         f"{len(absent)} slide(s) of the clinical table are not on disk and are reported as missing: "
         f"{listed(absent['path'].astype(str), 5)}. {patients - len(usable)} of {patients} patients have "
         f"no slide on disk; {len(usable)} remain for the folds"
     )
+    if len(usable) < int(k):
+        raise InputError(
+            f"only {len(usable)} patient(s) of {clinical} have a slide on disk, fewer than "
+            f"splits.k = {k} folds: check slides.dir / slides.table, or lower splits.k ({message})"
+        )
+    return message
 
 
 # ----------------------------------------------------------------------------- new slides to predict
