@@ -563,3 +563,15 @@ def test_main_draws_the_attention_figure_even_when_a_slide_cannot_be_read(cohort
     assert attention.write_attention_figure([empty], tmp_path / "none.png", options.resolve_options({}))[
         0
     ].is_file()
+
+
+def test_the_qc_sheet_finds_the_thumbnails_of_the_slide_table_in_their_folder(cohort_run, tmp_path):
+    results, _, slides_csv, _ = cohort_run
+    out = tmp_path / "sheet"
+    argv = ["qc-sheet", "--slides", str(slides_csv), "--qc-png-dir", str(results / "tiles" / "qc"), "--out-dir", str(out)]
+    assert report_main(argv) == 0
+    slides = qc.load_slide_table([slides_csv])
+    assert [p.name for p in inputs.qc_pngs_in(results / "tiles" / "qc", slides)] == [
+        "TCGA-XX-0000-01Z.png", "TCGA-XX-0001-01Z.png"
+    ]  # fmt: skip
+    assert (out / "qc_contact_sheet.png").read_bytes()[:8] == PNG_MAGIC

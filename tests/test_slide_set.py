@@ -33,4 +33,3 @@ def test_input_functions_follow_the_slide_table_and_the_file_layout():
         "results/demo/features/resnet50_trunc/chunks/chunk0001.txt",
     ]
     assert slides.tile_qc_files()[2] == "results/demo/tiles/c.qc.json"
-    assert slides.tile_qc_pngs()[0] == "results/demo/tiles/qc/a.png"

@@ -23,7 +23,7 @@ def chunk_keys(keys: Iterable[str], size: int, prefix: str = "chunk") -> dict[st
 #: the SlideSet methods that rules use as input or params functions
 INPUT_FUNCTIONS = (
     "slide_path", "slide_id", "mpp_option", "chunk_slide_paths", "chunk_coords", "chunk_feature_files",
-    "manifests", "tile_qc_files", "tile_qc_pngs",
+    "manifests", "tile_qc_files",
 )  # fmt: skip
 
 
@@ -98,6 +98,3 @@ class SlideSet:
 
     def tile_qc_files(self, wildcards=None) -> list[str]:
         return [f"{self.out_dir}/tiles/{key}.qc.json" for key in self.tiled]
-
-    def tile_qc_pngs(self, wildcards=None) -> list[str]:
-        return [f"{self.out_dir}/tiles/qc/{key}.png" for key in self.tiled]

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..options import parse_options
 from . import attention, cindex, comparison, qc, reconstruction, training
-from .inputs import discover_inputs, qc_pngs_next_to
+from .inputs import discover_inputs, qc_pngs_in, qc_pngs_next_to
 from .options import DEFAULTS, resolve_options
 from .paper import write_paper_table
 
@@ -49,6 +49,7 @@ def cohort_parser(product: str | None) -> argparse.ArgumentParser:
     )
     for flag, help_text in INPUT_LISTS.items():
         parser.add_argument(flag, nargs="*", type=Path, default=None, help=help_text)
+    parser.add_argument("--qc-png-dir", type=Path, help="folder of the QC thumbnails <slide key>.png (instead of --qc-png)")
     parser.add_argument(
         "--results-dir", type=Path, help="find every input under results/<cohort> (CONTRACTS layout)"
     )
@@ -146,7 +147,7 @@ def run_cohort_products(args: argparse.Namespace, products: tuple[str, ...]) -> 
     elif {"qc-sheet", "attention"} & set(products) and has_slides:
         slides = qc.load_slide_table(given["slides"], given["qc"])
     if "qc-sheet" in products and slides is not None:
-        pngs = given["qc_png"] or qc_pngs_next_to(given["qc"])
+        pngs = given["qc_png"] or qc_pngs_in(args.qc_png_dir, slides) or qc_pngs_next_to(given["qc"])
         written += qc.write_qc_sheet(slides, pngs, out_dir / "qc_contact_sheet.png", options)
     if "reconstruction" in products and given["reconstruction"]:
         reconstruction.write_reconstruction_report(

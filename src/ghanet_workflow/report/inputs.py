@@ -139,6 +139,13 @@ def qc_pngs_next_to(qc_jsons: Iterable[str | Path]) -> list[Path]:
     return [p for p in pngs if p.is_file()]
 
 
+def qc_pngs_in(folder: Path | None, slides: pd.DataFrame) -> list[Path]:
+    """The QC thumbnails ``<folder>/<slide key>.png`` of the slides in the table that have one."""
+    if folder is None:
+        return []
+    return [path for path in (folder / f"{key}.png" for key in slides["slide_key"]) if path.is_file()]
+
+
 def discover_inputs(results_dir: Path, models: Sequence[str]) -> dict[str, list[Path]]:
     """Per-fold and cohort files under ``results/<cohort>`` in the CONTRACTS layout."""
 
