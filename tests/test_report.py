@@ -575,3 +575,21 @@ def test_the_qc_sheet_finds_the_thumbnails_of_the_slide_table_in_their_folder(co
         "TCGA-XX-0000-01Z.png", "TCGA-XX-0001-01Z.png"
     ]  # fmt: skip
     assert (out / "qc_contact_sheet.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_the_paper_table_of_the_ibs_bolds_the_lowest_error(cohort_run, tmp_path):
+    results, files, _, _ = cohort_run
+    better = tmp_path / "results" / "demo_blca"
+    write_model_run(better, "abmil", seed=5)
+    metrics = sorted(better.glob("models/*/fold_*/metrics.json"))
+    for path in metrics:  # abmil's IBS is lower (better) than ghanet's in every fold
+        values = json.loads(path.read_text())
+        values["ibs"] -= 0.05 if "abmil" in str(path) else 0.0
+        path.write_text(json.dumps(values))
+    predictions = sorted(better.glob("models/*/fold_*/predictions.csv"))
+    cindex.write_cindex_report(metrics, predictions, tmp_path / "c.md", tmp_path / "c.csv", cohort="blca")
+    paper.write_paper_table([tmp_path / "c.csv"], tmp_path / "p.md", tmp_path / "p.tex", tmp_path / "p.csv", {"paper_metric": "ibs"})
+    md = (tmp_path / "p.md").read_text()
+    abmil = next(line for line in md.splitlines() if line.startswith("| abmil"))
+    ghanet = next(line for line in md.splitlines() if line.startswith("| ghanet"))
+    assert "**" in abmil and "**" not in ghanet and "Bold: best per column (lowest)" in md

@@ -49,13 +49,21 @@ def overall_cells(cells: pd.DataFrame) -> pd.DataFrame:
     return overall.reset_index().assign(cohort="Overall", std=np.nan)
 
 
-def _bold_mask(wide_means: pd.DataFrame, decimals: int) -> pd.DataFrame:
-    """True where a cell holds its column's best (highest, after rounding) mean; ties all bold."""
+#: cindex.csv metrics for which lower is better (the integrated Brier score)
+LOWER_IS_BETTER = {"ibs"}
+
+
+def _bold_mask(wide_means: pd.DataFrame, decimals: int, lower_is_better: bool = False) -> pd.DataFrame:
+    """True where a cell holds its column's best mean (highest, or lowest for an error such as the
+    IBS; after rounding); ties all bold."""
     rounded = wide_means.round(decimals)
-    return rounded.eq(rounded.max()) & rounded.notna()
+    best = rounded.min() if lower_is_better else rounded.max()
+    return rounded.eq(best) & rounded.notna()
 
 
-def paper_rows(cells: pd.DataFrame, decimals: int, style: str) -> tuple[list[str], list[list[str]]]:
+def paper_rows(
+    cells: pd.DataFrame, decimals: int, style: str, lower_is_better: bool = False
+) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the paper table; ``style`` 'markdown', 'latex' or 'html' sets bold and ±."""
     means = cells.pivot(index="model", columns="cohort", values="mean")
     stds = cells.pivot(index="model", columns="cohort", values="std")
@@ -65,7 +73,7 @@ def paper_rows(cells: pd.DataFrame, decimals: int, style: str) -> tuple[list[str
     differs = cells.pivot(index="model", columns="cohort", values="differs").fillna(False).astype(bool)
     models = list(dict.fromkeys(cells["model"]))
     cohorts = list(dict.fromkeys(cells["cohort"]))
-    bold = _bold_mask(means.loc[models, cohorts], decimals)
+    bold = _bold_mask(means.loc[models, cohorts], decimals, lower_is_better)
     pm, wrap, esc, dagger, star = {
         "latex": ("$\\pm$", "\\textbf{{{}}}", latex_escape, "$^\\dagger$", "$^{*}$"),
         "html": ("±", "<strong>{}</strong>", html.escape, "†", "*"),
@@ -127,9 +135,11 @@ def write_paper_table(
     cells = paper_cells(tables, metric, ddof)
     cells = pd.concat([cells, overall_cells(cells)], ignore_index=True)
     cells["differs"] = significant_cells(cells, comparison_csvs)
+    lower = metric in LOWER_IS_BETTER
     note = (
         f"Cells: mean ± std of {metric} over folds ({std_name(ddof)}); "
-        "Overall: mean over cohorts of the per-cohort means. Bold: best per column. "
+        "Overall: mean over cohorts of the per-cohort means. "
+        f"Bold: best per column ({'lowest' if lower else 'highest'}). "
         "† not every fold completed (see each cohort's cindex.md)."
     )
     if comparison_csvs:
@@ -137,17 +147,17 @@ def write_paper_table(
             f" * Harrell's C differs from {options['reference_model']}'s (paired comparison, corrected "
             f"resampled t-test, p < {1 - float(options['comparison_level']):g}; see comparison.md)."
         )
-    headers, rows = paper_rows(cells, decimals, "markdown")
+    headers, rows = paper_rows(cells, decimals, "markdown", lower)
     write_text(
         out_md,
         tabulate(rows, headers=headers, tablefmt=options["tablefmt"], disable_numparse=True)
         + f"\n\n{note}\n",
     )
     if out_html is not None:
-        headers, rows = paper_rows(cells, decimals, "html")
+        headers, rows = paper_rows(cells, decimals, "html", lower)
         table = tabulate(rows, headers=headers, tablefmt="unsafehtml", disable_numparse=True)
         write_text(out_html, html_page("Models x cohorts", f"# Models x cohorts\n\n{table}\n\n{note}\n"))
-    headers, rows = paper_rows(cells, decimals, "latex")
+    headers, rows = paper_rows(cells, decimals, "latex", lower)
     latex = booktabs(tabulate(rows, headers=headers, tablefmt="latex_raw", disable_numparse=True))
     write_text(out_tex, f"{latex}\n% {note}\n")
     write_csv(out_csv, cells)
