@@ -26,6 +26,7 @@ from .fold import build_cases, check_fold, load_bags
 from .model import MODELS
 from .model_io import load_fold_model
 from .preprocess import FoldPreprocessing
+from .slides import h5_attrs
 from .splits import read_fold
 from .train import Case
 
@@ -123,8 +124,9 @@ def bag_patches(feature_paths: Sequence[str]) -> dict:
                 xy = np.asarray(handle["coords"][()], dtype=np.int64).reshape(-1, 2)
             else:
                 xy = np.full((handle["features"].shape[0], 2), -1, dtype=np.int64)
-            slide_ids.append(str(handle.attrs.get("slide_id", Path(path).stem)))
-            sizes.append(int(handle.attrs.get("patch_size_level0", 0)))
+            attrs = h5_attrs(handle)
+            slide_ids.append(str(attrs.get("slide_id", Path(path).stem)))
+            sizes.append(int(attrs.get("patch_size_level0", 0)))
         coords.append(xy)
         index.append(np.full(len(xy), position, dtype=np.int32))
     return {
