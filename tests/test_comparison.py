@@ -127,6 +127,7 @@ def test_a_clearly_better_model_is_marked_and_the_files_say_how(tmp_path):
     assert row["mean_delta"] == pytest.approx(np.mean(deltas)) and row["t"] == pytest.approx(t)
     md = (tmp_path / "out" / "comparison.md").read_text()
     assert "Nadeau & Bengio 2003" in md and f"{row['mean_delta']:.3f}*" in md
+    assert f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]" in md  # brackets: the ends may be negative
     tex = (tmp_path / "out" / "comparison.tex").read_text()
     assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex and "$\\Delta C$" in tex
     assert "95\\% CI" in tex and "\\hline" not in tex

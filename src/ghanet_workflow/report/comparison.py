@@ -36,7 +36,7 @@ from ..atomic import write_csv, write_text
 from ..errors import InputError
 from .inputs import index_fold_files, read_predictions
 from .options import resolve_options
-from .text import DASH, booktabs, fmt_ci, fmt_number, html_page, latex_escape
+from .text import DASH, booktabs, fmt_number, html_page, latex_escape
 
 #: columns of comparison.csv
 COLUMNS = [
@@ -231,13 +231,19 @@ def comparison_rows(table: pd.DataFrame, decimals: int, esc=str) -> tuple[list[s
             esc(r.reference),
             str(r.n_folds),
             fmt_number(r.mean_delta, decimals) + ("*" if r.significant else ""),
-            fmt_ci(r.ci_low, r.ci_high, decimals),
+            _interval(r.ci_low, r.ci_high, decimals),
             fmt_number(r.t, 2),
             DASH if not np.isfinite(r.p_value) else f"{r.p_value:.3g}",
         ]
         for r in table.itertuples()
     ]
     return headers, rows
+
+
+def _interval(low, high, decimals: int) -> str:
+    """``[-0.466, 0.142]``: a dash between two signed numbers would read as a minus."""
+    ends = fmt_number(low, decimals), fmt_number(high, decimals)
+    return DASH if DASH in ends else f"[{ends[0]}, {ends[1]}]"
 
 
 def method_note(options: dict, n_cohorts: int) -> str:
