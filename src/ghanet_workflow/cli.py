@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "tile": ("ghanet_workflow.tiling", "tissue segmentation + patch coordinates for one slide"),
     "extract": ("ghanet_workflow.features", "patch features for one or more slides"),
     "cohort": ("ghanet_workflow.cohort", "validate the clinical/genomic table, pool slides per patient"),
+    "pack-features": ("ghanet_workflow.feature_store", "pack a built cohort's features into one file (the fold jobs read it)"),
     "splits": ("ghanet_workflow.splits", "patient-level k-fold splits (+ inner validation)"),
     "train": ("ghanet_workflow.fold", "preprocess, train and predict one fold of one model (GPU job)"),
     "evaluate": ("ghanet_workflow.metrics", "survival metrics of one trained fold's predictions"),

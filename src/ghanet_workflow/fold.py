@@ -27,6 +27,7 @@ import torch
 from .atomic import write_csv, write_json
 from .cohort import load_built_cohort
 from .errors import InputError
+from .feature_store import open_store
 from .model import MODELS
 from .model_io import save_model
 from .options import parse_options
@@ -87,7 +88,8 @@ def read_bag(feature_paths: Sequence[str], case_id: str) -> torch.Tensor:
 
 
 def load_bags(cohort, case_ids: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Bags of ``case_ids`` (held in memory for the whole run)."""
+    """Bags of ``case_ids`` held in memory (the jobs read theirs from the feature store,
+    :func:`ghanet_workflow.feature_store.open_store`; this is its reference in tests and benchmarks)."""
     return {case_id: read_bag(cohort.feature_paths(case_id), case_id) for case_id in case_ids}
 
 
@@ -176,13 +178,14 @@ def train_fold(
 
     uses_slides = MODELS[model_name].uses_slides
     fit_ids = train_ids + fold["val"]
-    bags = load_bags(cohort, fit_ids) if uses_slides else None
+    store = open_store(cohort, cohort_dir, training["feature_store_dtype"]) if uses_slides else None
+    bags = store.bags(fit_ids) if store else None
     cases = {split: build_cases(cohort, preprocessing, fold[split], bags) for split in ("train", "val")}
     in_dim = next(iter(bags.values())).shape[1] if bags else 0
     config = model_config(training, in_dim, group_size_list(preprocessing), len(preprocessing.bin_edges) - 1)
     result = train(model_name, config, cases["train"], cases["val"], out_dir, training)
 
-    test_bags = load_bags(cohort, fold["test"]) if uses_slides else None
+    test_bags = store.bags(fold["test"]) if store else None
     cases["test"] = build_cases(cohort, preprocessing, fold["test"], test_bags)
     predictions = pd.concat(
         [prediction_frame(result.model, cases[s], s, fold_id) for s in SPLITS if cases[s]], ignore_index=True

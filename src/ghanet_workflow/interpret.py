@@ -22,7 +22,8 @@ import torch
 
 from .atomic import atomic_path, write_csv
 from .cohort import load_built_cohort
-from .fold import build_cases, check_fold, load_bags
+from .feature_store import open_store
+from .fold import build_cases, check_fold
 from .model import MODELS
 from .model_io import load_fold_model
 from .preprocess import FoldPreprocessing
@@ -209,7 +210,7 @@ def interpret_fold(cohort_dir: str | Path, fold_csv: str | Path, model_dir: str 
     predictions = pd.read_csv(model_dir / "predictions.csv", dtype={"case_id": str})
     test_predictions = predictions[predictions["split"] == "test"]
     uses_slides = MODELS[meta["model_name"]].uses_slides
-    bags = load_bags(cohort, fold["test"]) if uses_slides else None
+    bags = open_store(cohort, cohort_dir).bags(fold["test"]) if uses_slides else None
     test_cases = build_cases(cohort, preprocessing, fold["test"], bags)
     write_test_interpretation(
         out_dir, model, test_cases, test_predictions, cohort, preprocessing, meta["model_name"], meta["fold"]

@@ -51,6 +51,7 @@ DEFAULTS: dict = {
     "hidden_dim": 512,  # model width (patch projections, tokens)
     "n_heads": 4,  # attention heads of ghanet (head size = hidden_dim / n_heads)
     "topk_ratio": 0.2,  # ghanet's share of patches per hyperedge (at least 1 patch)
+    "feature_store_dtype": "float32",  # float32 | float16: dtype of the cohort's packed features (feature_store)
 }
 
 #: options that do not change the weights of a given epoch (left out of the resume hash): a finished
@@ -94,6 +95,8 @@ def resolve_options(options: Mapping | None) -> dict:
         raise InputError(f"training.select must be 'final' or 'best_val', got {merged['select']!r}")
     if merged["device"] not in {"auto", "cpu", "cuda"}:
         raise InputError(f"training.device must be auto, cpu or cuda, got {merged['device']!r}")
+    if merged["feature_store_dtype"] not in {"float32", "float16"}:
+        raise InputError(f"training.feature_store_dtype must be float32 or float16, got {merged['feature_store_dtype']!r}")
     for key in ("epochs", "grad_accum", "max_patches"):
         if int(merged[key]) < 1:
             raise InputError(f"training.{key} must be >= 1, got {merged[key]!r}")
