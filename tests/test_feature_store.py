@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_train import FAST, GROUP_SIZES, IN_DIM, Killed, kill_after, write_cohort
 
-from ghanet_workflow import feature_store
+from ghanet_workflow import feature_store, memory
 from ghanet_workflow.cohort import load_built_cohort
 from ghanet_workflow.errors import InputError
 from ghanet_workflow.fold import load_bags, read_bag
@@ -180,3 +180,81 @@ def test_pack_features_command_writes_the_index(built):
     index = json.loads((feature_store.store_dir(cohort_dir) / "index.json").read_text())
     assert index["dtype"] == "float16" and set(index["cases"]) == set(cohort.patients.index)
     assert index["largest_bag"] == max(read_bag(cohort.feature_paths(c), c).shape[0] for c in cohort.patients.index)
+
+
+# ----------------------------------------------------------------------------- memory estimates
+
+
+def test_the_parameter_bound_covers_every_model():
+    from ghanet_workflow.model import build_model
+
+    for in_dim, hidden, groups in ((1024, 512, [50] * 6), (1536, 256, [3, 400, 20]), (16, 32, [3, 5, 4])):
+        config = {"in_dim": in_dim, "group_sizes": groups, "n_bins": 4, "hidden_dim": hidden, "n_heads": 4, "dropout": 0.25, "topk_ratio": 0.2}
+        counts = {name: sum(p.numel() for p in build_model(name, dict(config)).parameters()) for name in ("ghanet", "abmil", "snn", "abmil_snn")}
+        bound = memory.model_params_bound(in_dim, hidden, groups)
+        assert max(counts.values()) <= bound <= 1.3 * counts["ghanet"], (counts, bound)
+
+
+def test_encoder_sizes_are_those_of_the_registry():
+    import timm
+
+    from ghanet_workflow.encoders import ENCODERS
+
+    assert set(memory.ENCODER_SIZES) == set(ENCODERS)
+    for name, spec in ENCODERS.items():
+        with torch.device("meta"):  # no weights allocated
+            model = timm.create_model(spec.architecture, pretrained=False, **dict(spec.timm_kwargs))
+            model = spec.modify(model) if spec.modify else model
+        assert memory.ENCODER_SIZES[name] == (sum(p.numel() for p in model.parameters()), spec.feature_dim, spec.input_size)
+
+
+def test_training_estimate_follows_the_largest_bag_and_not_the_number_of_patients(built):
+    cohort_dir, cohort = built
+    assert memory.training_mem_mb_from_files(cohort_dir, FAST) is None  # not packed yet: the caller's constant
+    index = feature_store.ensure_store(cohort, feature_store.store_dir(cohort_dir))
+    estimate = memory.training_mem_mb_from_files(cohort_dir, FAST)
+    bound = memory.model_params_bound(IN_DIM, FAST["hidden_dim"], [4, 3, 4])  # write_cohort's GROUPS
+    assert estimate == memory.training_mem_mb(index["largest_bag"], IN_DIM, bound, FAST["max_patches"], FAST["hidden_dim"])
+    big = dict(largest_bag=100_000, dim=1536, n_params=20_000_000, max_patches=4096, hidden_dim=512)
+    assert memory.training_mem_mb(**big, store_itemsize=2) < memory.training_mem_mb(**big)
+    assert memory.training_mem_mb(**{**big, "largest_bag": 200_000}) > memory.training_mem_mb(**big)
+    # 100,000 patches of 1536-d: the whole bag read in float32 plus the evaluation pass, a few GB
+    assert 2_000 < memory.training_mem_mb(**big) < 8_000
+
+
+def test_a_training_fold_peaks_under_its_estimate(built, tmp_path):
+    import subprocess
+    import sys
+
+    cohort_dir, cohort = built
+    patients = list(cohort.patients.index)
+    pd_rows = [{"case_id": c, "split": "train" if i < 16 else ("val" if i < 20 else "test")} for i, c in enumerate(patients)]
+    import pandas as pd
+
+    pd.DataFrame(pd_rows).to_csv(tmp_path / "fold_0.csv", index=False)
+    options = json.dumps({"training": {**FAST, "epochs": 2}, "genomics": {"pvalue_threshold": 1.0, "min_genes_per_group": 1}})
+    code = (
+        "import resource, sys; from ghanet_workflow.cli import main; main(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"  # kB on Linux
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "train", "--cohort-dir", str(cohort_dir), "--fold-csv", str(tmp_path / "fold_0.csv"),
+         "--model", "ghanet", "--out-dir", str(tmp_path / "out"), "--threads", "1", "--options", options],
+        check=True, capture_output=True, text=True,
+    )
+    assert (tmp_path / "out" / "model.pt").is_file()
+    peak_mb = int(done.stdout.split()[-1]) / 1024
+    assert peak_mb <= memory.training_mem_mb_from_files(cohort_dir, FAST)
+
+
+def test_extraction_estimate_reads_the_chunk_coords(tmp_path):
+    paths = []
+    for n in (10, 5000):
+        paths.append(tmp_path / f"s{n}.h5")
+        with h5py.File(paths[-1], "w") as handle:
+            handle.create_dataset("coords", data=np.zeros((n, 2), dtype=np.int64))
+    options = {"encoder": "uni2_h", "batch_size": 64, "num_workers": 2, "prefetch_factor": 4}
+    estimate = memory.extraction_mem_mb_from_files(paths, options)
+    assert estimate >= memory.extraction_mem_mb(5000, "uni2_h", 64, 2, 4)  # the size over-counts rows, never under
+    assert estimate > memory.extraction_mem_mb_from_files(paths[:1], options)
+    assert memory.extraction_mem_mb_from_files([tmp_path / "absent.h5"], options) is None
