@@ -256,3 +256,22 @@ def test_main_rejects_unknown_option(small_table, signatures, tmp_path):
     with pytest.raises(InputError, match="unknown option"):
         cohort.main(["--clinical", str(path), "--signatures", str(signatures), "--slide-status", "x.csv",
                      "--out-dir", str(tmp_path), "--options", '{"filter": {}}'])
+
+
+def test_genomic_only_cohort_keeps_every_patient_and_lists_no_slide(ucec_table, signatures, tmp_path):
+    table = cohort.read_clinical_table(ucec_table)
+    out = tmp_path / "cohort"
+    code = cohort.main(["--clinical", str(ucec_table), "--signatures", str(signatures), "--genomic-only",
+                        "--out-dir", str(out), "--options", json.dumps({"filters": {"oncotree_code": ["USC"]}})])
+    assert code == 0
+    built = cohort.load_built_cohort(out)
+    expected = list(dict.fromkeys(table.loc[table["oncotree_code"] == "USC", "case_id"]))
+    assert list(built.patients.index) == expected and len(expected) > 50
+    assert (built.patients["n_slides"] == 0).all() and (built.patients["slides"] == "").all()
+    assert [len(members) for members in built.groups.values()] == UCEC_SIZES
+    assert list(built.genomics.index) == expected and set(built.genomics) == set().union(*built.groups.values())
+    assert list(built.slides.columns) == list(cohort.SLIDE_TABLE_COLUMNS) and built.slides.empty
+    assert built.feature_paths(expected[0]) == []
+    with pytest.raises(SystemExit):  # a slide source and --genomic-only exclude each other
+        cohort.main(["--clinical", str(ucec_table), "--signatures", str(signatures), "--genomic-only",
+                     "--slide-status", "x.csv", "--out-dir", str(out)])

@@ -7,7 +7,9 @@ plus ``signatures.csv`` (one column per signature group, one gene symbol per cel
 Output (``results/{cohort}/cohort/``, see docs/CONTRACTS.md): ``patients.csv``,
 ``genomics.csv.gz``, ``groups.json`` and ``slides.csv``. A patient keeps the slides that were
 processed successfully; a patient with no usable slide left is dropped and reported, never
-turned into a placeholder.
+turned into a placeholder. A genomic-only cohort (``--genomic-only``: no slide is read) keeps
+every patient of the (filtered) table and writes slides.csv without rows; only the models that
+read no slide features (``MODELS[name].uses_slides`` False: snn, coxnet) can train on it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ DEFAULTS: dict = {
 REQUIRED_COLUMNS = ("case_id", "slide_id", "survival_months", "censorship")
 GENE_COLUMN = re.compile(r"^(?P<gene>.+)_(?P<kind>mut|cnv|rnaseq)$")
 SLIDE_STATUS_COLUMNS = ("slide_id", "status", "reason", "n_patches", "features_path")
+#: columns of slides.csv
+SLIDE_TABLE_COLUMNS = ("slide_id", "case_id", *SLIDE_STATUS_COLUMNS[1:], "used")
 #: gzip settings of genomics.csv.gz: fast, and byte-identical on reruns (no timestamp).
 GZIP = {"method": "gzip", "compresslevel": 1, "mtime": 0}
 #: Identifier columns: read as exact text, never as numbers, booleans or missing values.
@@ -349,21 +353,30 @@ def slide_table(table: pd.DataFrame, slide_status: pd.DataFrame) -> pd.DataFrame
     joined.loc[empty_ok, "reason"] = "0 patches"
     extra = status[~status.index.isin(listed["key"])].assign(case_id="", used=False)
     extra["reason"] = (extra["reason"] + "; not in the clinical table").str.lstrip("; ")
-    columns = ["slide_id", "case_id", *SLIDE_STATUS_COLUMNS[1:], "used"]
+    columns = list(SLIDE_TABLE_COLUMNS)
     return pd.concat([joined[columns], extra.reset_index(drop=True)[columns]], ignore_index=True)
 
 
 # ----------------------------------------------------------------------------- patients, genomics
 
 
-def patient_table(table: pd.DataFrame, slides: pd.DataFrame) -> pd.DataFrame:
-    """One row per patient with at least one usable slide (patients.csv columns)."""
-    used = slides[slides["used"]]
+def genomic_only_slides() -> pd.DataFrame:
+    """slides.csv of a genomic-only cohort: its columns, no row."""
+    slides = pd.DataFrame({column: pd.Series(dtype=str) for column in SLIDE_TABLE_COLUMNS})
+    return slides.astype({"n_patches": int, "used": bool})
+
+
+def patient_table(table: pd.DataFrame, slides: pd.DataFrame, keep_all: bool = False) -> pd.DataFrame:
+    """One row per patient with at least one usable slide (patients.csv columns); every patient of
+    the table with ``keep_all`` (a genomic-only cohort: n_slides 0, slides "")."""
+    used = slides[slides["used"].astype(bool)]
     bags = used.groupby("case_id", sort=False)["slide_id"].agg(list)
     first = table.drop_duplicates("case_id").set_index("case_id")
-    patients = first.loc[first.index.isin(bags.index), ["survival_months", "censorship"]].copy()
-    patients["n_slides"] = bags.reindex(patients.index).map(len).astype(int)
-    patients["slides"] = bags.reindex(patients.index).map(";".join)
+    keep = np.ones(len(first), bool) if keep_all else first.index.isin(bags.index)
+    patients = first.loc[keep, ["survival_months", "censorship"]].copy()
+    bags = pd.Series([bags.get(case, []) for case in patients.index], index=patients.index, dtype=object)
+    patients["n_slides"] = bags.map(len).astype(int)
+    patients["slides"] = bags.map(";".join)
     patients.index.name = "case_id"
     return patients
 
@@ -403,7 +416,7 @@ def genomics_matrix(
 def build_cohort(
     clinical_path: str | Path,
     signatures_path: str | Path,
-    slide_status: pd.DataFrame,
+    slide_status: pd.DataFrame | None,
     out_dir: str | Path,
     filters: Mapping | None = None,
 ) -> None:
@@ -411,14 +424,18 @@ def build_cohort(
 
     ``slide_status`` has one row per processed slide (slide_id, status, reason, n_patches,
     features_path). Patients left with no usable slide are dropped with a warning and appear in
-    slides.csv with their slides' reasons.
+    slides.csv with their slides' reasons. ``slide_status`` None: a genomic-only cohort, every
+    patient of the filtered table kept, slides.csv with no row.
     """
     out_dir = Path(out_dir)
     full_table = read_clinical_table(clinical_path)
     table = apply_filters(full_table, filters, str(clinical_path))
     groups = gene_groups(list(table.columns), read_signatures(signatures_path))
-    slides = slide_table(table, _without_filtered(slide_status, full_table, table))
-    patients = patient_table(table, slides)
+    if slide_status is None:
+        slides = genomic_only_slides()
+    else:
+        slides = slide_table(table, _without_filtered(slide_status, full_table, table))
+    patients = patient_table(table, slides, keep_all=slide_status is None)
     _report_dropped(table, patients, slides)
     if patients.empty:
         raise InputError(f"{clinical_path}: no patient has a usable slide; see the slide reasons above")
@@ -480,19 +497,25 @@ def load_built_cohort(cohort_dir: str | Path) -> BuiltCohort:
 
 
 def main(argv: list[str]) -> int:
-    """``ghanet-wf cohort --clinical P --signatures P (--features H5... | --slide-status CSV) --out-dir D``."""
+    """``ghanet-wf cohort --clinical P --signatures P (--features H5... | --slide-status CSV | --genomic-only) --out-dir D``."""
     parser = argparse.ArgumentParser(prog="ghanet-wf cohort", description=__doc__.splitlines()[0])
     parser.add_argument("--clinical", required=True, help="MCAT-format table (.csv or .csv.zip)")
     parser.add_argument("--signatures", required=True, help="signatures.csv (one column per group)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--features", nargs="+", help="per-slide feature HDF5 files (status read from attrs)")
     source.add_argument("--slide-status", help="CSV with slide_id,status,reason,n_patches,features_path")
+    source.add_argument(
+        "--genomic-only", action="store_true",
+        help="no slides: keep every patient of the table, slides.csv without rows (models snn, coxnet only)",
+    )
     parser.add_argument("--out-dir", required=True, help="output folder (results/<cohort>/cohort)")
     parser.add_argument("--options", help="JSON object (or file) with the options of DEFAULTS")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     options = parse_options(args.options, DEFAULTS, "cohort")
-    if args.features:
+    if args.genomic_only:
+        status = None
+    elif args.features:
         status = slide_status_from_features(args.features)
     else:
         status = pd.read_csv(args.slide_status, dtype={"slide_id": str}, keep_default_na=False)
