@@ -6,9 +6,9 @@ Both run the workflow's leak-free machinery: ``splits.make_splits`` (published f
 scaler) and ``metrics.evaluate_predictions`` on the held-out fold; the test fold is never used
 for a choice.
 
-- Cox elastic net (sksurv): preprocessing fit on the whole training fold (train + inner val);
-  the penalty is chosen on the inner validation part (Harrell's C), then the model is refit on
-  the whole training fold.
+- Cox elastic net: the workflow's ``coxnet`` model (``ghanet_workflow.coxnet.fit_fold``, sksurv):
+  preprocessing fit on the whole training fold (train + inner val); the penalty is chosen on the
+  inner validation part (Harrell's C), then the model is refit on the whole training fold.
 - SNN (``ghanet_workflow.model.SNN``, the MCAT lineage's genomics-only baseline) exactly as the
   workflow's per-fold runner does it (``fold.run_fold``): preprocessing fit on the train split,
   cases built by ``fold.build_cases`` (the selected, scaled genes of every group concatenated; no
@@ -27,24 +27,18 @@ import argparse
 import logging
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Callable, Mapping
 
-import numpy as np
 import pandas as pd
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sksurv.linear_model import CoxnetSurvivalAnalysis
-from sksurv.util import Surv
 from tabulate import tabulate
 
-from ghanet_workflow import cohort, fold, metrics, preprocess, splits, train
+from ghanet_workflow import cohort, coxnet, fold, metrics, preprocess, splits, train
 
 REPO = Path(__file__).resolve().parents[1]
 TCGA = REPO / "data" / "tcga"
-L1_RATIO = 0.5
-MODEL_LABELS = {"cox": "Cox elastic net (l1_ratio 0.5)", "snn": "SNN (workflow training defaults)"}
+MODEL_LABELS = {"cox": f"Cox elastic net (coxnet, l1_ratio {coxnet.L1_RATIO})", "snn": "SNN (workflow training defaults)"}
 
 
 def load_cohort(name: str) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -64,60 +58,16 @@ def fold_ids(fold_frame: pd.DataFrame) -> dict[str, list[str]]:
 # ----------------------------------------------------------------------------- Cox elastic net
 
 
-def design(prep: preprocess.FoldPreprocessing, genomics: pd.DataFrame) -> np.ndarray:
-    """Selected, scaled genes of all groups side by side (a gene listed in two groups once)."""
-    columns = list(dict.fromkeys(c for members in prep.selected_columns().values() for c in members))
-    return ((genomics[columns] - prep.means[columns]) / prep.scales[columns]).to_numpy(dtype=float)
-
-
-def outcome(patients: pd.DataFrame) -> np.ndarray:
-    """sksurv structured outcome (event = 1 - censorship)."""
-    return Surv.from_arrays(event=patients["censorship"].to_numpy() == 0, time=patients["survival_months"].to_numpy())
-
-
-def choose_alpha(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, val: pd.DataFrame) -> float:
-    """Penalty on the elastic-net path with the best Harrell C on the inner validation part."""
-    path = CoxnetSurvivalAnalysis(l1_ratio=L1_RATIO, alpha_min_ratio=0.01, n_alphas=30).fit(x_train, y_train)
-    scores = [
-        metrics.harrell_cindex(event=(val["censorship"] == 0).to_numpy(), time=val["survival_months"].to_numpy(),
-                               risk=path.predict(x_val, alpha=alpha))
-        for alpha in path.alphas_
-    ]
-    return float(path.alphas_[int(np.nanargmax(scores))])
-
-
-def cox_predictions(model: CoxnetSurvivalAnalysis, x: np.ndarray, patients: pd.DataFrame,
-                    prep: preprocess.FoldPreprocessing, horizon: float) -> pd.DataFrame:
-    """time, event, risk and survival at the end of each bin (the last bin ends at ``horizon``)."""
-    ends = np.append(prep.bin_edges[1:-1], horizon)
-    curves = model.predict_survival_function(x)
-    frame = pd.DataFrame({"time": patients["survival_months"].to_numpy(),
-                          "event": (patients["censorship"] == 0).astype(int).to_numpy(),
-                          "risk": model.predict(x)}, index=patients.index)
-    surv = np.array([curve(np.clip(ends, curve.x[0], curve.x[-1])) for curve in curves])
-    for j in range(surv.shape[1]):
-        frame[f"surv_{j}"] = surv[:, j]
-    return frame
-
-
 def run_cox_fold(patients: pd.DataFrame, genomics: pd.DataFrame, groups: dict, fold_frame: pd.DataFrame,
                  bootstrap: int) -> tuple[dict, pd.DataFrame]:
-    """Preprocess, choose the penalty, refit and evaluate one fold: (metrics, test predictions)."""
+    """Fit (``coxnet.fit_fold``) and evaluate one fold: (metrics, test predictions)."""
     ids = fold_ids(fold_frame)
-    training = ids["train"] + ids["val"]
-    prep = preprocess.fit_fold_preprocessing(patients.loc[training], genomics.loc[training], groups)
-    alpha = choose_alpha(design(prep, genomics.loc[ids["train"]]), outcome(patients.loc[ids["train"]]),
-                         design(prep, genomics.loc[ids["val"]]), patients.loc[ids["val"]])
-    model = CoxnetSurvivalAnalysis(l1_ratio=L1_RATIO, alphas=[alpha], fit_baseline_model=True)
-    model.fit(design(prep, genomics.loc[training]), outcome(patients.loc[training]))
-    horizon = float(patients.loc[training, "survival_months"].max())
-    train_pred = cox_predictions(model, design(prep, genomics.loc[training]), patients.loc[training], prep, horizon)
-    test_ids = ids["test"]
-    test_pred = cox_predictions(model, design(prep, genomics.loc[test_ids]), patients.loc[test_ids], prep, horizon)
-    result = metrics.evaluate_predictions(train=train_pred, test=test_pred, bin_edges=prep.bin_edges,
+    fit = coxnet.fit_fold(patients, genomics, groups, ids)
+    train_pred = coxnet.predictions(fit, patients, genomics, ids["train"] + ids["val"])
+    test_pred = coxnet.predictions(fit, patients, genomics, ids["test"])
+    result = metrics.evaluate_predictions(train=train_pred, test=test_pred, bin_edges=fit.preprocessing.bin_edges,
                                           options={"bootstrap": bootstrap})
-    result.update(n_genes=int(design(prep, genomics.iloc[:1]).shape[1]),
-                  n_nonzero=int(np.count_nonzero(model.coef_[:, 0])), alpha=alpha)
+    result.update(n_genes=len(fit.columns), n_nonzero=fit.n_nonzero, alpha=fit.alpha)
     return result, test_pred.assign(split="test")
 
 
@@ -209,7 +159,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    warnings.filterwarnings("ignore", category=ConvergenceWarning)
     training = train.resolve_options({"epochs": args.epochs})
     runners = fold_runners(args.bootstrap, training)
     rows = []

@@ -11,6 +11,7 @@ from ghanet_workflow.errors import InputError
 from ghanet_workflow.losses import nll_survival_loss, scaled_cosine_error, total_loss
 from ghanet_workflow.model import (
     MODELS,
+    NETWORKS,
     SHARED_OPTIONS,
     GHANet,
     build_model,
@@ -57,7 +58,7 @@ def check_survival_outputs(out: dict) -> None:
     assert torch.isclose(out["risk"], -out["surv"].sum())
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(NETWORKS))
 @pytest.mark.parametrize("n_patches", [1, 3, 5])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_every_model_gives_finite_survival_outputs_for_tiny_bags(name, n_patches, mode):

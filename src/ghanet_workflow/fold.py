@@ -9,6 +9,8 @@ ran) atomically (docs/CONTRACTS.md). The CPU jobs that follow read those files: 
 (``ghanet-wf evaluate``, :mod:`ghanet_workflow.metrics`) and test-fold interpretation
 (``ghanet-wf interpret``, :mod:`ghanet_workflow.interpret`); so changing evaluation settings
 never retrains. :func:`run_fold` chains the three in one process (tests, benchmarks).
+``ghanet-wf train --model coxnet`` is a CPU job (:mod:`ghanet_workflow.coxnet`, no slides read)
+writing the same files.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import coxnet
 from .atomic import write_csv, write_json
 from .cohort import load_built_cohort
 from .errors import InputError
@@ -153,7 +156,9 @@ def train_fold(
 
     ``options`` holds the config sections ``training`` and ``genomics`` (preprocessing). Outputs
     in ``out_dir``: preprocessing.json, selected_genes.csv, checkpoint.pt, model.pt,
-    training_log.csv, predictions.csv, train_info.json.
+    training_log.csv, predictions.csv, train_info.json. ``coxnet`` is fitted by
+    :func:`ghanet_workflow.coxnet.train_fold` instead (CPU, no checkpoint, preprocessing on
+    train + inner val, the training options unused), into the same files.
     """
     if model_name not in MODELS:
         raise InputError(f"unknown model {model_name!r}; choose from {sorted(MODELS)} (config training.models)")
@@ -168,6 +173,11 @@ def train_fold(
     fold = read_fold(fold_csv)
     check_fold(fold, cohort.patients.index, fold_csv)
     fold_id = fold_number(fold_csv)
+    if model_name == coxnet.MODEL_NAME:  # CPU fit; its preprocessing on train + inner val (coxnet docstring)
+        info = coxnet.train_fold(cohort, fold, fold_id, out_dir, sections["genomics"])
+        info["runtime"] = runtime_record({"device": "cpu"})
+        write_json(out_dir / TRAIN_INFO_NAME, info)
+        return info
 
     train_ids = fold["train"]
     preprocessing = fit_fold_preprocessing(

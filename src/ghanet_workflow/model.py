@@ -12,9 +12,13 @@ one prediction writer and one metric code path serve all of them.
 - :class:`ABMIL`: gated-attention multiple-instance learning (WSI only).
 - :class:`SNN`: self-normalising MLP over the concatenated selected genes (genomics only).
 - :class:`ABMILSNN`: ABMIL and SNN embeddings concatenated (multimodal upper bound).
+- :class:`CoxnetModel`: the inference form of the Cox elastic net that :mod:`ghanet_workflow.coxnet`
+  fits with scikit-survival (genomics only; not trained by gradient).
 
 ``MODELS`` maps the config name to the class; on each class ``uses_genomics_at_inference``
 says whether prediction needs genomics and ``uses_slides`` whether it reads patch features.
+``NETWORKS`` are the models :func:`ghanet_workflow.train.train` trains by gradient (the GPU job);
+the others (``coxnet``) are fitted on the CPU by their own module.
 :func:`build_model` gives each model only the options its constructor declares.
 """
 
@@ -364,8 +368,37 @@ class ABMILSNN(nn.Module):
         return out
 
 
-#: config name -> model class
-MODELS: dict[str, type[nn.Module]] = {"ghanet": GHANet, "abmil": ABMIL, "snn": SNN, "abmil_snn": ABMILSNN}
+class CoxnetModel(nn.Module):
+    """Cox elastic net at inference: risk = linear predictor, S(t_j) = S0(t_j) ** exp(risk).
+
+    Holds what :mod:`ghanet_workflow.coxnet` fitted (scikit-survival's ``CoxnetSurvivalAnalysis``,
+    Breslow baseline): ``coef`` over the concatenated selected genes of every group (a gene
+    listed in two groups carries its coefficient at its first place, 0 at the other) and the
+    baseline survival ``baseline_survival`` at the end of each time bin. Float64, frozen
+    (``requires_grad`` False): it is never trained by gradient. ``predictions.csv`` of a coxnet
+    fold comes from scikit-survival itself; this module gives the same values up to the float32
+    rounding of the scaled genes in :class:`ghanet_workflow.train.Case`. No reconstruction head.
+    """
+
+    uses_genomics_at_inference = True
+    uses_slides = False
+
+    def __init__(self, group_sizes: Sequence[int], n_bins: int = 4):
+        super().__init__()
+        self.coef = nn.Parameter(torch.zeros(sum(group_sizes), dtype=torch.float64), requires_grad=False)
+        self.baseline_survival = nn.Parameter(torch.ones(n_bins, dtype=torch.float64), requires_grad=False)
+
+    def forward(self, features: Tensor | None, genomics: Sequence[Tensor] | None = None) -> dict:
+        if genomics is None:
+            raise ValueError("this model needs the patient's genomics at inference")
+        risk = torch.cat([g.reshape(-1) for g in genomics]).to(self.coef) @ self.coef
+        return {"risk": risk, "surv": self.baseline_survival ** torch.exp(risk), "recon": []}
+
+
+#: config name -> model class trained by gradient (:func:`ghanet_workflow.train.train`)
+NETWORKS: dict[str, type[nn.Module]] = {"ghanet": GHANet, "abmil": ABMIL, "snn": SNN, "abmil_snn": ABMILSNN}
+#: config name -> model class, every model of the config (``training.models``)
+MODELS: dict[str, type[nn.Module]] = {**NETWORKS, "coxnet": CoxnetModel}
 
 #: constructor keywords every model is offered (:func:`ghanet_workflow.train.model_config` builds them
 #: from the data and the config section ``training``); each model takes those its constructor declares

@@ -204,7 +204,9 @@ def plot_training_curves(
                 if column in frame and frame[column].notna().any():
                     ax.plot(frame["epoch"], frame[column], marker=".", label=f"fold {fold}")
             ax.set_title(f"{model}: {TRAINING_CURVES[column]}", fontsize="small")
-            ax.set_xlabel("epoch")
+            # coxnet logs its penalty path: one row per penalty (alpha), strongest first
+            path = any("alpha" in frame for frame in folds.values())
+            ax.set_xlabel("penalty on the path (strongest first)" if path else "epoch")
         axes[row][0].legend(fontsize="x-small", frameon=False)
     return save_figure(fig, out_path, formats)
 

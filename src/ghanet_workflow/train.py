@@ -29,13 +29,13 @@ from .atomic import atomic_path, write_csv
 from .errors import InputError
 from .losses import total_loss
 from .metrics import harrell_cindex
-from .model import build_model
+from .model import NETWORKS, build_model
 
 log = logging.getLogger(__name__)
 
 #: config section ``training``
 DEFAULTS: dict = {
-    "models": ["ghanet"],  # models to train per fold: ghanet, abmil, snn, abmil_snn (read by the workflow)
+    "models": ["ghanet"],  # models to train per fold: ghanet, abmil, snn, abmil_snn, coxnet (read by the workflow)
     "epochs": 20,  # training epochs; the reported model is the last epoch's (see select)
     "lr": 2e-4,  # Adam learning rate (constant)
     "weight_decay": 1e-5,  # Adam weight decay
@@ -294,6 +294,8 @@ def train(
     resumes from a matching checkpoint. ``on_epoch_end(epoch, log_row)`` runs after each
     checkpoint is written (an exception there stops training like a kill would).
     """
+    if model_name not in NETWORKS:
+        raise InputError(f"model {model_name!r} is not trained by gradient; ghanet-wf train fits it")
     options = resolve_options(options)
     out_dir = Path(out_dir)
     device = resolve_device(options["device"])
