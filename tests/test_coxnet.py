@@ -140,3 +140,10 @@ def test_coxnet_needs_an_inner_validation_split_and_is_not_trained_by_gradient(u
         coxnet.fit_fold(censored, built.genomics, built.groups, ids)
     with pytest.raises(InputError, match="'coxnet' is not trained by gradient"):
         train.train("coxnet", {}, {}, {}, ".", {})
+
+
+def test_a_slide_model_on_the_genomic_only_cohort_is_refused_by_name(ucec, tmp_path):
+    cohort_dir, splits_dir = ucec
+    with pytest.raises(InputError, match=r"genomic-only cohort .* model 'ghanet' reads slide features; "
+                                         r"train only \['coxnet', 'snn'\]"):
+        fold.train_fold(cohort_dir, splits_dir / "fold_0.csv", "ghanet", tmp_path)

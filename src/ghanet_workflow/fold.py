@@ -170,6 +170,11 @@ def train_fold(
             log.info("removing %s of the previous training run", out_dir / name)
             (out_dir / name).unlink()
     cohort = load_built_cohort(cohort_dir)
+    if MODELS[model_name].uses_slides and not cohort.slides["used"].any():
+        raise InputError(
+            f"{cohort_dir}: a genomic-only cohort (no usable slide), but model {model_name!r} reads slide "
+            f"features; train only {sorted(m for m in MODELS if not MODELS[m].uses_slides)} on it"
+        )
     fold = read_fold(fold_csv)
     check_fold(fold, cohort.patients.index, fold_csv)
     fold_id = fold_number(fold_csv)
