@@ -258,3 +258,14 @@ def test_extraction_estimate_reads_the_chunk_coords(tmp_path):
     assert estimate >= memory.extraction_mem_mb(5000, "uni2_h", 64, 2, 4)  # the size over-counts rows, never under
     assert estimate > memory.extraction_mem_mb_from_files(paths[:1], options)
     assert memory.extraction_mem_mb_from_files([tmp_path / "absent.h5"], options) is None
+
+
+def test_the_cohort_goes_to_the_gpu_only_when_asked_and_with_room(built):
+    cohort_dir, cohort = built
+    bags = feature_store.open_store(cohort, cohort_dir).bags(list(cohort.patients.index))
+    for setting in ("never", "auto", "always"):
+        assert feature_store.hold_on_device(bags, torch.device("cpu"), setting) is bags  # a CPU job reads the store
+    assert feature_store.fits_on_device(50 * 2**30, 139 * 2**30)  # BLCA-size float32 bags on an H200
+    assert not feature_store.fits_on_device(90 * 2**30, 139 * 2**30)  # a 1,000-patient UNI cohort: from the store
+    with pytest.raises(InputError, match="cohort_on_gpu"):
+        resolve_options({"cohort_on_gpu": "yes"})

@@ -325,6 +325,38 @@ class StoredBag:
         return torch.from_numpy(block[inverse])
 
 
+#: share of the GPU's free memory that ``training.cohort_on_gpu: auto`` lets the bags take
+GPU_SHARE = 0.5
+
+
+def fits_on_device(need_bytes: int, free_bytes: int, share: float = GPU_SHARE) -> bool:
+    """Whether bags of ``need_bytes`` leave the margin ``auto`` asks for on a device with ``free_bytes`` free."""
+    return need_bytes <= share * free_bytes
+
+
+def hold_on_device(bags: Mapping[str, "StoredBag"], device, setting: str) -> Mapping:
+    """The training bags as float32 tensors on the GPU (``always``, or ``auto`` when they fit with
+    :data:`GPU_SHARE` margin), read one at a time through the host; else ``bags`` unchanged (CPU,
+    ``never``, or ``auto`` without room). Sampling is unchanged: the patch draws stay on the CPU
+    generator and index the device tensor."""
+    if setting == "never" or getattr(device, "type", str(device)) != "cuda":
+        return bags
+    import torch
+
+    need = sum(4 * bag.shape[0] * bag.shape[1] for bag in bags.values())
+    free, _ = torch.cuda.mem_get_info(device)
+    if not fits_on_device(need, free):
+        if setting == "always":
+            raise InputError(
+                f"training.cohort_on_gpu: always, but the bags take {need / 2**30:.1f} GiB and the GPU has "
+                f"{free / 2**30:.1f} GiB free; use auto or never"
+            )
+        log.info("bags (%.1f GiB) do not fit in half of the GPU's %.1f GiB free: read from the store", need / 2**30, free / 2**30)
+        return bags
+    log.info("holding %d bags (%.1f GiB) on %s", len(bags), need / 2**30, device)
+    return {case_id: bag.to(device) for case_id, bag in bags.items()}
+
+
 def open_store(cohort, cohort_dir: str | Path, dtype: str | None = None) -> FeatureStore:
     """The cohort's store, checked (and repacked if needed) and opened for reading under the lock
     (a repack by another job cannot remove the data file between the check and the open)."""

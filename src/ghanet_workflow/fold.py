@@ -30,7 +30,7 @@ from . import coxnet
 from .atomic import write_csv, write_json
 from .cohort import load_built_cohort
 from .errors import InputError
-from .feature_store import open_store
+from .feature_store import hold_on_device, open_store
 from .model import MODELS
 from .model_io import save_model
 from .options import parse_options
@@ -195,6 +195,8 @@ def train_fold(
     fit_ids = train_ids + fold["val"]
     store = open_store(cohort, cohort_dir, training["feature_store_dtype"]) if uses_slides else None
     bags = store.bags(fit_ids) if store else None
+    if bags:
+        bags = hold_on_device(bags, resolve_device(training["device"]), training["cohort_on_gpu"])
     cases = {split: build_cases(cohort, preprocessing, fold[split], bags) for split in ("train", "val")}
     in_dim = next(iter(bags.values())).shape[1] if bags else 0
     config = model_config(training, in_dim, group_size_list(preprocessing), len(preprocessing.bin_edges) - 1)

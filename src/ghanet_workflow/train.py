@@ -52,11 +52,12 @@ DEFAULTS: dict = {
     "n_heads": 4,  # attention heads of ghanet (head size = hidden_dim / n_heads)
     "topk_ratio": 0.2,  # ghanet's share of patches per hyperedge (at least 1 patch)
     "feature_store_dtype": "float32",  # float32 | float16: dtype of the cohort's packed features (feature_store)
+    "cohort_on_gpu": "never",  # never | auto (when the bags take at most half the GPU's free memory) | always
 }
 
 #: options that do not change the weights of a given epoch (left out of the resume hash): a finished
 #: run extended to more epochs resumes, since the learning rate is constant
-_NOT_HASHED = {"models", "device", "epochs"}
+_NOT_HASHED = {"models", "device", "epochs", "cohort_on_gpu"}
 LOG_COLUMNS = ["epoch", "loss_surv", "loss_sce", "loss_mse", "loss_total", "val_cindex", "seconds"]
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "training_log.csv"
@@ -95,6 +96,8 @@ def resolve_options(options: Mapping | None) -> dict:
         raise InputError(f"training.select must be 'final' or 'best_val', got {merged['select']!r}")
     if merged["device"] not in {"auto", "cpu", "cuda"}:
         raise InputError(f"training.device must be auto, cpu or cuda, got {merged['device']!r}")
+    if merged["cohort_on_gpu"] not in {"never", "auto", "always"}:
+        raise InputError(f"training.cohort_on_gpu must be never, auto or always, got {merged['cohort_on_gpu']!r}")
     if merged["feature_store_dtype"] not in {"float32", "float16"}:
         raise InputError(f"training.feature_store_dtype must be float32 or float16, got {merged['feature_store_dtype']!r}")
     for key in ("epochs", "grad_accum", "max_patches"):
