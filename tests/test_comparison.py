@@ -160,8 +160,13 @@ def test_the_overall_row_averages_cohorts_and_sums_their_corrected_variances(tmp
 
 def test_models_tested_on_other_patients_or_a_missing_reference_are_named(tmp_path):
     paths = cohort_predictions(tmp_path / "blca", np.random.default_rng(0), strength=1.0)
-    with pytest.raises(InputError, match="reference model 'snn' has no predictions in cohort 'blca'"):
-        comparison.compare_models({"blca": paths}, "snn", level=0.95, n_bootstrap=5, seed=1)
+    ucec = cohort_predictions(tmp_path / "ucec", np.random.default_rng(1), strength=1.0)
+    # a cohort without the reference model (a genomic-only cohort beside slide cohorts) is left out, and named
+    table = comparison.write_comparison({"blca": paths, "ucec": ucec}, tmp_path / "out", {"reference_model": "snn"})
+    assert table.empty and table.attrs["without_reference"] == ["blca", "ucec"]
+    assert "Not compared, snn is not trained there: blca, ucec." in (tmp_path / "out" / "comparison.md").read_text()
+    table = comparison.compare_models({"blca": paths, "ucec": ucec}, "ghanet", level=0.95, n_bootstrap=5, seed=1)
+    assert comparison.OVERALL in set(table["cohort"])
     moved = pd.read_csv(paths[1]).assign(split=lambda f: f["split"].iloc[::-1].to_numpy())
     moved.to_csv(paths[1], index=False)
     with pytest.raises(InputError, match="fold 0: good and ghanet were tested on different patients"):

@@ -76,8 +76,20 @@ def run_settings(jobs: dict[str, int], output: str, demo: dict[str, int]) -> Non
     assert jobs == demo  # how the jobs run, not which jobs
 
 
+def two_cohorts(jobs: dict[str, int], output: str, demo: dict[str, int]) -> None:
+    # the demo cohort as the demo plans it, with two models; the genomic-only cohort builds its table
+    # without slides and trains only the SNN
+    assert jobs["tile_slide"] == demo["tile_slide"] and jobs["build_cohort"] == 1 and jobs["build_genomic_cohort"] == 1
+    assert all(jobs[rule] == 3 * demo[rule] for rule in FOLD_RULES), jobs  # demo: ghanet + snn, ucec: snn
+    assert "results/tcga_ucec/models/snn/fold_4/model.pt" in output and "results/tcga_ucec/models/ghanet" not in output
+    assert "--genomic-only --out-dir results/tcga_ucec/cohort" in output
+    assert jobs["report_cindex"] == 2 and jobs["report_comparison"] == 2 and jobs["report_comparison_all"] == 1
+    assert "--out-dir results/report" in output and jobs["paper_table"] == 1  # the run's table over both
+    assert jobs["report_failed_slides"] == jobs["report_qc_sheet"] == 1  # no slides products without slides
+
+
 EXPECTED: dict[str, Callable[[dict[str, int], str, dict[str, int]], None]] = {
-    check.__name__: check for check in (byo_features, predict, baselines, paper_table, minimal, run_settings)
+    check.__name__: check for check in (byo_features, predict, baselines, paper_table, minimal, run_settings, two_cohorts)
 }
 
 

@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 #: config section ``predict``
 DEFAULTS: dict = {
     "slides": None,  # table of the new slides: case_id, slide_id, path, optional mpp (read by the workflow)
-    "models_from": None,  # results folder of the trained cohort (null: this config's cohort, trained if needed)
+    "cohort": None,  # the run's cohort whose models score the new slides (null: the first; read by the workflow)
+    "models_from": None,  # results folder of the trained cohort (null: predict.cohort's, trained if needed)
     "model": "ghanet",  # WSI-only model whose fold models predict: ghanet or abmil
     "device": "auto",  # auto (CUDA when present) | cpu | cuda
 }

@@ -23,7 +23,7 @@ def chunk_keys(keys: Iterable[str], size: int, prefix: str = "chunk") -> dict[st
 #: the SlideSet methods that rules use as input or params functions
 INPUT_FUNCTIONS = (
     "slide_path", "slide_id", "mpp_option", "chunk_slide_paths", "chunk_coords", "chunk_feature_files",
-    "manifests", "tile_qc_files",
+    "manifests", "tile_qc_files", "feature_files", "all_manifests", "import_sources", "import_feature_files",
 )  # fmt: skip
 
 
@@ -45,12 +45,23 @@ class SlideSet:
     holding ``tiles/`` and ``features/<encoder>/``.
     """
 
-    def __init__(self, rows: Mapping[str, Mapping], tiled: Iterable[str], out_dir: str, encoder: str, slides_per_job: int):
+    def __init__(
+        self,
+        rows: Mapping[str, Mapping],
+        tiled: Iterable[str],
+        out_dir: str,
+        encoder: str,
+        slides_per_job: int,
+        external: Mapping[str, str] | None = None,
+    ):
         self.rows = rows
         self.tiled = sorted(tiled)
         self.out_dir = out_dir
         self.encoder = encoder
         self.chunks = chunk_keys(self.tiled, slides_per_job)
+        # bring-your-own features: slide key -> CLAM/TRIDENT file, one import job per chunk of them
+        self.external = dict(external or {})
+        self.import_chunks = chunk_keys(self.external, slides_per_job, prefix="import")
         # Snakemake inspects an input function's signature at every call (tens of thousands in a
         # large dry run), and a bound method's costs twice a plain function's: the rules get
         # plain functions.
@@ -98,3 +109,30 @@ class SlideSet:
 
     def tile_qc_files(self, wildcards=None) -> list[str]:
         return [f"{self.out_dir}/tiles/{key}.qc.json" for key in self.tiled]
+
+    # ------------------------------------------------------------ with the imported features (build_cohort)
+
+    def feature_files(self, wildcards=None) -> list[str]:
+        """Per-slide feature files, extracted and imported (what the cohort stage reads)."""
+        return [self.feature_file(key) for key in sorted([*self.tiled, *self.external])]
+
+    def all_manifests(self, wildcards=None) -> list[str]:
+        """The manifests of every extraction and import chunk."""
+        return self.manifests() + [self.manifest_file(chunk) for chunk in self.import_chunks]
+
+    def import_sources(self, wildcards) -> list[str]:
+        return [self.external[key] for key in self.import_chunks[wildcards.chunk]]
+
+    def import_feature_files(self, wildcards) -> list[str]:
+        return [self.feature_file(key) for key in self.import_chunks[wildcards.chunk]]
+
+
+def by_cohort(slide_sets: Mapping[str, SlideSet], name: str):
+    """Input function: the ``name`` function of the SlideSet of the job's ``{cohort}`` wildcard."""
+    functions = {cohort: getattr(slides, name) for cohort, slides in slide_sets.items()}
+
+    def function(wildcards):
+        return functions[wildcards.cohort](wildcards)
+
+    function.__name__ = name
+    return function

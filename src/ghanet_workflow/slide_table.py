@@ -319,29 +319,31 @@ def load_slide_table(
     slides_dir: str | Path | None = None,
     table: str | Path | None = None,
     produced_dir: str | None = None,
+    prefix: str = "",
 ) -> pd.DataFrame:
     """One row per slide, indexed by slide key: slide_id, key, case_id, path, mpp, source, produced, exists.
 
     ``path`` is the slide table's path, else ``<slides_dir>/<slide_id>``; ``source`` says which
     (the config key). ``produced``: the path lies in ``produced_dir`` (made by a rule, the demo
     slides); ``exists``: produced or a file on disk (paths relative to the working directory).
+    ``prefix``: where the cohort's keys are in the config ("cohorts.<name>." or ""), for messages.
     """
-    ids = read_clinical_ids(clinical)
+    ids = read_clinical_ids(clinical, key=f"{prefix}clinical")
     slides = ids[["slide_id", "case_id"]].copy()
     slides["path"] = ""
     slides["mpp"] = math.nan
     if table:
-        overrides = read_slide_overrides(table, slides["slide_id"])
+        overrides = read_slide_overrides(table, slides["slide_id"], key=f"{prefix}slides.table")
         slides["path"] = slides["slide_id"].map(overrides["path"]).fillna("")
         slides["mpp"] = slides["slide_id"].map(overrides["mpp"]).astype(float)
-    slides["source"] = (slides["path"] != "").map({True: "slides.table", False: "slides.dir"})
+    slides["source"] = (slides["path"] != "").map({True: f"{prefix}slides.table", False: f"{prefix}slides.dir"})
     from_dir = slides["path"] == ""
     if from_dir.any():
         if not slides_dir:
             raise InputError(
-                f"config key slides.dir is empty and no slide table path is given for slide(s) "
-                f"{listed(slides.loc[from_dir, 'slide_id'])}: set slides.dir to the folder of the slide files "
-                "(named by the clinical table's slide_id), or give their paths in the slide table (slides.table)"
+                f"config key {prefix}slides.dir is empty and no slide table path is given for slide(s) "
+                f"{listed(slides.loc[from_dir, 'slide_id'])}: set {prefix}slides.dir to the folder of the slide files "
+                f"(named by the clinical table's slide_id), or give their paths in the slide table ({prefix}slides.table)"
             )
         slides.loc[from_dir, "path"] = [str(Path(slides_dir) / s) for s in slides.loc[from_dir, "slide_id"]]
     slides["key"] = slides["slide_id"].map(slide_key)
@@ -361,7 +363,7 @@ def find_external_features(folder: str | Path | None, keys: Iterable[str]) -> di
 
 
 def check_some_slide_on_disk(
-    slides: pd.DataFrame, external: Mapping | None, clinical, slides_dir=None, table=None
+    slides: pd.DataFrame, external: Mapping | None, clinical, slides_dir=None, table=None, prefix: str = ""
 ) -> None:
     """Stop when no slide of the clinical table is on disk (nor has external features): a wrong folder."""
     if len(slides) == 0 or slides["exists"].any() or external:
@@ -369,14 +371,14 @@ def check_some_slide_on_disk(
     hints = []
     for source, rows in slides.groupby("source", sort=False):
         examples = listed(rows["path"], 3)
-        if source == "slides.dir":
+        if source.endswith("slides.dir"):
             hints.append(
-                f"{len(rows)} path(s) <slides.dir>/<slide_id> with config key slides.dir = {str(slides_dir)!r} "
-                f"(e.g. {examples}): set slides.dir to the folder holding the slide files"
+                f"{len(rows)} path(s) <slides.dir>/<slide_id> with config key {source} = {str(slides_dir)!r} "
+                f"(e.g. {examples}): set {source} to the folder holding the slide files"
             )
         else:
             hints.append(
-                f"{len(rows)} path(s) from the path column of the slide table {table} (config key slides.table; "
+                f"{len(rows)} path(s) from the path column of the slide table {table} (config key {source}; "
                 f"e.g. {examples}): fix those paths"
             )
     raise InputError(
@@ -385,7 +387,7 @@ def check_some_slide_on_disk(
     )
 
 
-def absent_slides_warning(slides: pd.DataFrame, absent: pd.DataFrame, k: int, clinical) -> str:
+def absent_slides_warning(slides: pd.DataFrame, absent: pd.DataFrame, k: int, clinical, prefix: str = "") -> str:
     """What to tell the user about slides of the clinical table that are not on disk ("" when none is).
 
     Raises InputError when fewer patients than ``k`` folds keep a slide (or external features).
@@ -402,9 +404,33 @@ def absent_slides_warning(slides: pd.DataFrame, absent: pd.DataFrame, k: int, cl
     if len(usable) < int(k):
         raise InputError(
             f"only {len(usable)} patient(s) of {clinical} have a slide on disk, fewer than "
-            f"splits.k = {k} folds: check slides.dir / slides.table, or lower splits.k ({message})"
+            f"splits.k = {k} folds: check {prefix}slides.dir / {prefix}slides.table, or lower splits.k ({message})"
         )
     return message
+
+
+def cohort_slide_set(cohort, *, encoder: str, slides_per_job: int, external_dir=None, produced_dir=None):
+    """(SlideSet, warning) of one cohort (``cohort_config.CohortConfig``): its slides to tile and featurise.
+
+    Slides with bring-your-own features in ``external_dir`` are imported instead of tiled; slides not
+    on disk are left out, and the warning (or "") says which. A cohort without slides has an empty
+    SlideSet. Raises InputError for a table mistake, or when no slide (or too few patients) is on disk.
+    """
+    from ghanet_workflow.slide_set import SlideSet
+
+    if not cohort.has_slides:
+        return SlideSet({}, [], cohort.results, encoder, slides_per_job), ""
+    prefix = f"{cohort.key}." if cohort.key else ""
+    slides = load_slide_table(cohort.clinical, cohort.slides_dir, cohort.slides_table, produced_dir, prefix)
+    external = find_external_features(external_dir, slides.index)
+    check_some_slide_on_disk(slides, external, cohort.clinical, cohort.slides_dir, cohort.slides_table, prefix)
+    imported = slides.index.isin(list(external))
+    tiled, absent = slides[slides["exists"] & ~imported], slides[~slides["exists"] & ~imported]
+    warning = absent_slides_warning(slides, absent, cohort.splits["k"], cohort.clinical, prefix)
+    # slide key -> row as a plain dict: the per-job input functions run for every slide job (10,000
+    # slides: tens of thousands of calls in a dry run), where a dict lookup beats DataFrame.loc
+    rows = slides.to_dict("index")
+    return SlideSet(rows, tiled.index, cohort.results, encoder, slides_per_job, external), warning
 
 
 # ----------------------------------------------------------------------------- new slides to predict

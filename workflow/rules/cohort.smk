@@ -3,9 +3,9 @@
 
 rule build_cohort:
     input:
-        clinical=config["clinical"],
+        clinical=cohort_setting(lambda cohort: cohort.clinical),
         signatures=config["signatures"],
-        manifests=feature_manifests,
+        manifests=cohort_slides("all_manifests"),
     output:
         patients=f"{RESULTS}/cohort/patients.csv",
         genomics=f"{RESULTS}/cohort/genomics.csv.gz",
@@ -13,17 +13,43 @@ rule build_cohort:
         slides=f"{RESULTS}/cohort/slides.csv",
     log:
         f"{LOGS}/build_cohort.log",
+    wildcard_constraints:
+        cohort=SLIDE_COHORTS,
     conda:
         "../../envs/report.yaml"
     resources:
         **SMALL_JOB,
     params:
-        features=feature_files(),
+        features=cohort_slides("feature_files"),
         out_dir=parent_dir("patients"),
-        options=json.dumps({"filters": config["filters"]}),
+        options=cohort_options("filters"),
     shell:
         "exec python -m ghanet_workflow.cli cohort --clinical {input.clinical:q} --signatures {input.signatures:q}"
         " --features {params.features:q} --out-dir {params.out_dir:q}"
+        " --options {params.options:q} > {log:q} 2>&1"
+
+
+# A cohort without slides (cohorts.<name>.slides empty): every patient of the table, no slide.
+rule build_genomic_cohort:
+    input:
+        clinical=cohort_setting(lambda cohort: cohort.clinical),
+        signatures=config["signatures"],
+    output:
+        **rules.build_cohort.output,
+    log:
+        f"{LOGS}/build_cohort.log",
+    wildcard_constraints:
+        cohort=GENOMIC_COHORTS,
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        **SMALL_JOB,
+    params:
+        out_dir=parent_dir("patients"),
+        options=cohort_options("filters"),
+    shell:
+        "exec python -m ghanet_workflow.cli cohort --clinical {input.clinical:q} --signatures {input.signatures:q}"
+        " --genomic-only --out-dir {params.out_dir:q}"
         " --options {params.options:q} > {log:q} 2>&1"
 
 
@@ -31,7 +57,7 @@ rule make_splits:
     input:
         patients=rules.build_cohort.output.patients,
     output:
-        expand(f"{RESULTS}/splits/fold_{{fold}}.csv", fold=FOLDS),
+        expand(f"{RESULTS}/splits/fold_{{fold}}.csv", fold=FOLDS, allow_missing=True),
     log:
         f"{LOGS}/make_splits.log",
     conda:
@@ -40,7 +66,7 @@ rule make_splits:
         **SMALL_JOB,
     params:
         out_dir=parent_dir(0),
-        options=options("splits"),
+        options=cohort_options("splits"),
     shell:
         "exec python -m ghanet_workflow.cli splits --patients {input.patients:q} --out-dir {params.out_dir:q}"
         " --options {params.options:q} > {log:q} 2>&1"

@@ -1,6 +1,7 @@
 # Shared tables, paths and input functions. Rules stay thin: each calls one `ghanet-wf` subcommand.
 
 import json
+import re
 import shlex
 from pathlib import Path
 
@@ -9,12 +10,13 @@ from snakemake.logging import logger
 # ---------------------------------------------------------------- paths
 
 REPO = Path(workflow.basedir)
-COHORT = config["cohort"]
-RESULTS = f"results/{COHORT}"
-LOGS = f"logs/{COHORT}"
+# Every cohort's outputs and logs: results/<cohort>/..., logs/<cohort>/... (the {cohort} wildcard);
+# what compares the cohorts (the paper table) lies in results/report/.
+RESULTS = "results/{cohort}"
+LOGS = "logs/{cohort}"
+RUN_REPORT = "results/report"
 ENCODER = config["features"]["encoder"]
 FOLDS = list(range(config["splits"]["k"]))
-MODELS = config["training"]["models"]
 DEMO_SLIDE_DIR = "results/demo_slides"
 # Real tissue the synthetic demo slides are cut from (see data/SOURCES.md).
 DEMO_SOURCES = {
@@ -124,17 +126,19 @@ SMALL_JOB = {"mem_mb": 2000, "runtime": 10, "disk_mb": 1000}
 SLIDE_JOB = {"mem_mb": 2000, "runtime": 5, "disk_mb": 1000}
 
 
-# ---------------------------------------------------------------- slide table
+# ---------------------------------------------------------------- cohorts and their slides
 
 
-# The tables are read and checked by ghanet_workflow.slide_table (light: pandas and the standard
-# library, never torch); a bad table stops the run here with the workflow's own message (stop),
-# naming the file, line, column or config key.
+# The cohorts (ghanet_workflow.cohort_config) and their tables, read and checked by
+# ghanet_workflow.slide_table (light: pandas and the standard library, never torch); a bad table or
+# setting stops the run here with the workflow's own message (stop), naming the file, line, column
+# or config key.
 import sys
 
 from ghanet_workflow import slide_files, slide_table
+from ghanet_workflow.cohort_config import CPU_MODELS, check_reference_model, run_cohorts
 from ghanet_workflow.errors import InputError
-from ghanet_workflow.slide_set import SlideSet, chunk_keys
+from ghanet_workflow.slide_set import SlideSet, by_cohort
 from ghanet_workflow.report import partial as partial_report
 from ghanet_workflow.report.options import product_options
 
@@ -143,66 +147,68 @@ from ghanet_workflow.slides import slide_key
 
 
 def stop(error):
-    """A bad table: the workflow's own message on one line and exit status 1, no stack."""
+    """A bad table or setting: the workflow's own message on one line and exit status 1, no stack."""
     logger.error(f"Error: {error}")
     sys.exit(1)
 
 
-if len(MODELS) > 1 and config["report"]["reference_model"] not in MODELS:
-    stop(
-        f"report.reference_model: {config['report']['reference_model']!r} is not one of training.models "
-        f"{MODELS}; set it to the model the others are compared with"
-    )
-
-
-def load_slide_table():
-    """One row per slide: slide_id, key, case_id, path, mpp, source, produced (by the demo rule), exists."""
-    return slide_table.load_slide_table(
-        config["clinical"],
-        slides_dir=config["slides"].get("dir"),
-        table=config["slides"].get("table"),
-        produced_dir=DEMO_SLIDE_DIR,
-    )
-
-
-def find_external_features(slides):
-    """key -> existing CLAM/TRIDENT feature file, for slides that have one in features.external_dir."""
-    return slide_table.find_external_features(
-        config["features"].get("external_dir"), slides.index
-    )
-
-
+SLIDES_PER_JOB = int(config["features"].get("slides_per_job", 16))
 try:
-    SLIDES = load_slide_table()
-    # Slides with bring-your-own features skip tiling and extraction (their slide file is not needed).
-    EXTERNAL = find_external_features(SLIDES)
-    slide_table.check_some_slide_on_disk(
-        SLIDES,
-        EXTERNAL,
-        config["clinical"],
-        config["slides"].get("dir"),
-        config["slides"].get("table"),
-    )
+    COHORTS = run_cohorts(config)
+    check_reference_model(COHORTS, config["report"]["reference_model"])
+except InputError as error:
+    _files = [str(f) for f in workflow.overwrite_configfiles] or ["config/config.yaml"]
+    stop(f"{error} (config file: {', '.join(_files)})")
+try:
+    # Each cohort's slides to tile and featurise: the input functions of tile_slide, extract_features
+    # and import_features (ghanet_workflow.slide_set), reached through the {cohort} wildcard.
+    SLIDE_SETS = {}
+    for _cohort in COHORTS.values():
+        SLIDE_SETS[_cohort.name], _absent = slide_table.cohort_slide_set(
+            _cohort,
+            encoder=ENCODER,
+            slides_per_job=SLIDES_PER_JOB,
+            external_dir=config["features"].get("external_dir"),
+            produced_dir=DEMO_SLIDE_DIR,
+        )
+        if _absent:
+            logger.warning(f"cohort {_cohort.name}: {_absent}")
 except InputError as error:
     stop(error)
-TILED = SLIDES[SLIDES["exists"] & ~SLIDES.index.isin(list(EXTERNAL))]
-ABSENT = SLIDES[~SLIDES["exists"] & ~SLIDES.index.isin(list(EXTERNAL))]
-# slide key -> row as a plain dict: the per-job input/params functions below run for every slide job
-# (10,000 slides: tens of thousands of calls in a dry run), where a dict lookup beats DataFrame.loc.
-SLIDE_ROWS = SLIDES.to_dict("index")
+COHORT_NAMES = list(COHORTS)
 
-try:
-    _absent = slide_table.absent_slides_warning(
-        SLIDES, ABSENT, config["splits"]["k"], config["clinical"]
-    )
-except InputError as error:
-    stop(error)
-if _absent:
-    logger.warning(_absent)
+
+def names_pattern(names):
+    """Wildcard constraint matching exactly these cohort names (nothing when there are none)."""
+    return "|".join(re.escape(name) for name in names) or "(?!)"
+
+
+# Cohorts with slides and without (genomic only): their cohort table is built by different rules.
+SLIDE_COHORTS = names_pattern(n for n, c in COHORTS.items() if c.has_slides)
+GENOMIC_COHORTS = names_pattern(n for n, c in COHORTS.items() if not c.has_slides)
+# Models trained on a GPU (rule train_fold) and on CPUs only (rule train_fold_cpu, coxnet).
+_MODELS = list(dict.fromkeys(m for c in COHORTS.values() for m in c.models))
+GPU_MODELS = names_pattern(m for m in _MODELS if m not in CPU_MODELS)
+CPU_MODEL_NAMES = names_pattern(m for m in _MODELS if m in CPU_MODELS)
+
+
+def cohort_slides(name):
+    """Input function: SlideSet function ``name`` of the job's cohort."""
+    return by_cohort(SLIDE_SETS, name)
+
+
+# The demo slides (made by the demo_slide rule): file name -> the clinical table of its cohort.
+DEMO_CLINICAL = {
+    Path(row["path"]).name: COHORTS[name].clinical
+    for name, slides in SLIDE_SETS.items()
+    for row in slides.rows.values()
+    if row["produced"]
+}
 
 # Encoder weights named in the config must exist before any slide is tiled (not in the GPU job).
 _weights = config["features"].get("weights")
-if _weights and len(TILED) and not Path(str(_weights)).expanduser().is_file():
+_tiles_some = any(slides.tiled for slides in SLIDE_SETS.values())
+if _weights and _tiles_some and not Path(str(_weights)).expanduser().is_file():
     stop(
         f"config key features.weights = {_weights!r}: no such file; give the path of the encoder's "
         "weights (a .pth/.safetensors file on a shared file system), see config/README.md"
@@ -210,6 +216,7 @@ if _weights and len(TILED) and not Path(str(_weights)).expanduser().is_file():
 
 
 wildcard_constraints:
+    cohort="[^/]+",
     slide="[^/]+",
     encoder="[^/]+",
     model="[^/]+",
@@ -217,27 +224,7 @@ wildcard_constraints:
     chunk=r"(chunk|import)\d+",
 
 
-# ---------------------------------------------------------------- input functions
-
-
-# The cohort's slides: input functions of tile_slide and extract_features (ghanet_workflow.slide_set).
-SLIDES_PER_JOB = int(config["features"].get("slides_per_job", 16))
-COHORT_SLIDES = SlideSet(SLIDE_ROWS, TILED.index, RESULTS, ENCODER, SLIDES_PER_JOB)
-# Bring-your-own features: one import job per chunk of them (rule import_features).
-IMPORT_CHUNKS = chunk_keys(EXTERNAL, SLIDES_PER_JOB, prefix="import")
-
-
-def feature_files(wildcards=None):
-    """Per-slide feature HDF5 files (written by the extraction and import chunk jobs)."""
-    return [
-        COHORT_SLIDES.feature_file(key) for key in sorted([*TILED.index, *EXTERNAL])
-    ]
-
-
-def feature_manifests(wildcards=None):
-    return COHORT_SLIDES.manifests() + [
-        COHORT_SLIDES.manifest_file(chunk) for chunk in IMPORT_CHUNKS
-    ]
+# ---------------------------------------------------------------- damaged per-slide files
 
 
 def find_damaged_slide_files():
@@ -247,8 +234,11 @@ def find_damaged_slide_files():
     """
     if workflow.remote_exec or workflow.subprocess_exec:
         return {}
+    manifests = [
+        path for slides in SLIDE_SETS.values() for path in slides.all_manifests()
+    ]
     damaged = {}
-    for damage in slide_files.damaged_files(feature_manifests()):
+    for damage in slide_files.damaged_files(manifests):
         target = damage.path if damage.kind == "coords" else damage.manifest
         damaged.setdefault(target, []).append(damage)
         logger.warning(
@@ -260,7 +250,14 @@ def find_damaged_slide_files():
 
 NEW_REDO_MARKERS = find_damaged_slide_files()
 REDO_MARKERS = slide_files.existing_markers(
-    [f"{RESULTS}/tiles", f"{RESULTS}/features/{ENCODER}/chunks"]
+    [
+        folder
+        for name in COHORT_NAMES
+        for folder in (
+            f"results/{name}/tiles",
+            f"results/{name}/features/{ENCODER}/chunks",
+        )
+    ]
 )
 for _marker in NEW_REDO_MARKERS:
     REDO_MARKERS.setdefault(_marker.rsplit(slide_files.MARKER_INFIX, 1)[0], []).append(
@@ -281,18 +278,47 @@ def redo_marker_text(wildcards, output):
     return NEW_REDO_MARKERS.get(output[0], "")
 
 
-def import_sources(wildcards):
-    return [EXTERNAL[key] for key in IMPORT_CHUNKS[wildcards.chunk]]
+# ---------------------------------------------------------------- per cohort
 
 
-def import_feature_files(wildcards):
-    return [COHORT_SLIDES.feature_file(key) for key in IMPORT_CHUNKS[wildcards.chunk]]
+def cohort_setting(function):
+    """Params function: ``function(CohortConfig)`` of the job's cohort."""
+
+    def setting(wildcards):
+        return function(COHORTS[wildcards.cohort])
+
+    return setting
+
+
+def cohort_options(section):
+    """Params function: a section the cohort may override (splits, filters), as JSON."""
+    if section == "filters":
+        return cohort_setting(
+            lambda c: json.dumps({"filters": c.filters}, sort_keys=True)
+        )
+    return cohort_setting(
+        lambda c: json.dumps(
+            {
+                k: v
+                for k, v in c.splits.items()
+                if k not in RUN_SETTINGS.get(section, ())
+            },
+            sort_keys=True,
+        )
+    )
+
+
+def cohort_fold_outputs(cohort, name):
+    return expand(
+        f"results/{cohort.name}/models/{{model}}/fold_{{fold}}/{name}",
+        model=cohort.models,
+        fold=FOLDS,
+    )
 
 
 def fold_outputs(name):
-    return expand(
-        f"{RESULTS}/models/{{model}}/fold_{{fold}}/{name}", model=MODELS, fold=FOLDS
-    )
+    """Input function: file ``name`` of every (model, fold) of the job's cohort."""
+    return cohort_setting(lambda cohort: cohort_fold_outputs(cohort, name))
 
 
 def report_options(product):
@@ -309,19 +335,33 @@ def other_cohort_comparisons():
     return [str(path) for path in siblings if path.is_file()]
 
 
+# The products of each cohort (results/<cohort>/report/; the slides products only for a cohort
+# with slides) and of the run (results/report/).
+FOLD_PRODUCTS = (
+    "report_cindex",
+    "report_comparison",
+    "report_training_curves",
+    "report_reconstruction",
+    "report_attention",
+)
+SLIDE_PRODUCTS = ("report_failed_slides", "report_qc_sheet")
+
+
 def report_outputs():
-    """Every report product of the cohort: what `rule all` asks for."""
-    products = [
-        rules.report_cindex,
-        rules.report_comparison,
-        rules.report_training_curves,
-        rules.report_failed_slides,
-        rules.report_qc_sheet,
-        rules.report_reconstruction,
-        rules.report_attention,
-        rules.paper_table,
-    ]
-    return [path for rule in products for path in rule.output]
+    """Every report product of every cohort, and the paper table: what `rule all` asks for."""
+    paths = []
+    for cohort in COHORTS.values():
+        products = FOLD_PRODUCTS + (SLIDE_PRODUCTS if cohort.has_slides else ())
+        for name in products:
+            paths += expand(getattr(rules, name).output, cohort=cohort.name)
+    return paths + list(rules.paper_table.output)
+
+
+def run_comparison():
+    """The comparison.csv the paper table marks its cells from: the cohort's, or the run's over several."""
+    if len(COHORT_NAMES) == 1:
+        return f"results/{COHORT_NAMES[0]}/report/comparison.csv"
+    return rules.report_comparison_all.output.csv
 
 
 # Written after a failed run, removed by the next complete C-index report (rule report_cindex).
@@ -330,23 +370,24 @@ PARTIAL_REPORT = f"{RESULTS}/report_partial"
 
 def write_partial_report():
     """After a failed run (onerror): the report of whatever finished (ghanet_workflow.report.partial)."""
-    if not Path(rules.build_cohort.output.patients).is_file():
-        return
-    message = partial_report.write_partial_report(
-        PARTIAL_REPORT,
-        f"{LOGS}/report_partial.log",
-        REPO / "src",
-        results=RESULTS,
-        models=MODELS,
-        folds=FOLDS,
-        cohort=COHORT,
-        encoder=ENCODER,
-        target_mpp=config["tiling"]["target_mpp"],
-        failure_logs=f"{LOGS}/train_fold",
-        other_cohorts=config["paper_table"]["other_cohorts"],
-        options=options("report"),
-    )
-    logger.warning(message)
+    for cohort in COHORTS.values():
+        if not Path(f"{cohort.results}/cohort/patients.csv").is_file():
+            continue
+        message = partial_report.write_partial_report(
+            f"{cohort.results}/report_partial",
+            f"{cohort.logs}/report_partial.log",
+            REPO / "src",
+            results=cohort.results,
+            models=cohort.models,
+            folds=FOLDS,
+            cohort=cohort.name,
+            encoder=ENCODER,
+            target_mpp=config["tiling"]["target_mpp"],
+            failure_logs=f"{cohort.logs}/train_fold",
+            other_cohorts=config["paper_table"]["other_cohorts"],
+            options=options("report"),
+        )
+        logger.warning(f"cohort {cohort.name}: {message}")
 
 
 # ---------------------------------------------------------------- resources (grow on retry)
@@ -373,10 +414,19 @@ def runtime_features(wildcards, attempt):
 # ---------------------------------------------------------------- new slides to predict (predict.smk)
 
 PREDICT = config.get("predict") or {}
-PREDICT_DIR = f"{RESULTS}/predict"
+# the cohort whose fold models score the new slides (the first cohort unless predict.cohort names one)
+PREDICT_COHORT = PREDICT.get("cohort") or COHORT_NAMES[0]
+if PREDICT_COHORT not in COHORTS:
+    stop(
+        f"config key predict.cohort: {PREDICT_COHORT!r} is not a cohort of this run ({COHORT_NAMES}); "
+        "name the cohort whose models score the new slides"
+    )
+PREDICT_RESULTS = COHORTS[PREDICT_COHORT].results
+PREDICT_LOGS = COHORTS[PREDICT_COHORT].logs
+PREDICT_DIR = f"{PREDICT_RESULTS}/predict"
 PREDICT_MODEL = PREDICT.get("model") or "ghanet"
 # null: this cohort's fold models, which Snakemake then trains first if needed
-PREDICT_MODELS_FROM = PREDICT.get("models_from") or RESULTS
+PREDICT_MODELS_FROM = PREDICT.get("models_from") or PREDICT_RESULTS
 
 
 try:
@@ -417,9 +467,10 @@ def predict_slide_table(wildcards):
 
 def predict_model_files(wildcards):
     """model.pt of every fold: this cohort's (built by train_fold) or those found in predict.models_from."""
-    if PREDICT_MODELS_FROM == RESULTS:
+    if PREDICT_MODELS_FROM == PREDICT_RESULTS:
         return expand(
-            f"{RESULTS}/models/{PREDICT_MODEL}/fold_{{fold}}/model.pt", fold=FOLDS
+            f"{PREDICT_RESULTS}/models/{PREDICT_MODEL}/fold_{{fold}}/model.pt",
+            fold=FOLDS,
         )
     try:
         folders = slide_table.fold_model_dirs(PREDICT_MODELS_FROM, PREDICT_MODEL)

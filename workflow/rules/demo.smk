@@ -5,7 +5,7 @@
 
 rule demo_slide:
     input:
-        clinical=config["clinical"],
+        clinical=lambda wildcards: DEMO_CLINICAL[wildcards.demo_slide],
         low_risk=DEMO_SOURCES["low_risk"],
         high_risk=DEMO_SOURCES["high_risk"],
     output:

@@ -6,8 +6,8 @@
 
 rule extract_features:
     input:
-        slides=COHORT_SLIDES.chunk_slide_paths,
-        coords=COHORT_SLIDES.chunk_coords,
+        slides=cohort_slides("chunk_slide_paths"),
+        coords=cohort_slides("chunk_coords"),
         redo=redo_markers(f"{RESULTS}/features/{{encoder}}/chunks/{{chunk}}.txt"),
     output:
         manifest=f"{RESULTS}/features/{{encoder}}/chunks/{{chunk}}.txt",
@@ -23,7 +23,7 @@ rule extract_features:
         disk_mb=1000,
         run_settings=FEATURES_RUN_SETTINGS,
     params:
-        out=COHORT_SLIDES.chunk_feature_files,
+        out=cohort_slides("chunk_feature_files"),
         options=options("features"),
     shell:
         "exec python -m ghanet_workflow.cli extract --slides {input.slides:q} --coords {input.coords:q}"
@@ -33,7 +33,7 @@ rule extract_features:
 
 rule import_features:
     input:
-        external=import_sources,
+        external=cohort_slides("import_sources"),
         redo=redo_markers(f"{RESULTS}/features/{{encoder}}/chunks/{{chunk}}.txt"),
     output:
         manifest=f"{RESULTS}/features/{{encoder}}/chunks/{{chunk}}.txt",
@@ -47,7 +47,7 @@ rule import_features:
         **SMALL_JOB,
         run_settings=FEATURES_RUN_SETTINGS,
     params:
-        out=import_feature_files,
+        out=cohort_slides("import_feature_files"),
         options=options("features"),
     shell:
         "exec python -m ghanet_workflow.cli extract --external {input.external:q}"

@@ -13,7 +13,7 @@ use rule tile_slide as predict_tile_slide with:
         qc=f"{PREDICT_DIR}/tiles/{{slide}}.qc.json",
         png=f"{PREDICT_DIR}/tiles/qc/{{slide}}.png",
     log:
-        f"{LOGS}/predict/tile_slide/{{slide}}.log",
+        f"{PREDICT_LOGS}/predict/tile_slide/{{slide}}.log",
     params:
         slide_id=PREDICT_SLIDE_SET.slide_id,
         mpp=PREDICT_SLIDE_SET.mpp_option,
@@ -26,7 +26,7 @@ use rule extract_features as predict_extract_features with:
     output:
         manifest=f"{PREDICT_DIR}/features/{{encoder}}/chunks/{{chunk}}.txt",
     log:
-        f"{LOGS}/predict/extract_features/{{encoder}}/{{chunk}}.log",
+        f"{PREDICT_LOGS}/predict/extract_features/{{encoder}}/{{chunk}}.log",
     params:
         out=PREDICT_SLIDE_SET.chunk_feature_files,
 
@@ -39,7 +39,7 @@ rule predict_risks:
     output:
         risks=f"{PREDICT_DIR}/risks.csv",
     log:
-        f"{LOGS}/predict/predict_risks.log",
+        f"{PREDICT_LOGS}/predict/predict_risks.log",
     conda:
         "../../envs/torch.yaml"
     threads: 2

@@ -16,7 +16,7 @@ rule report_cindex:
             f"{RESULTS}/report/cindex.html",
             caption="../report/cindex.rst",
             category="Survival",
-            subcategory=COHORT,
+            subcategory="{cohort}",
             labels={"result": "C-index per fold (table)"},
         ),
         csv=f"{RESULTS}/report/cindex.csv",
@@ -24,21 +24,21 @@ rule report_cindex:
             f"{RESULTS}/report/predictions.csv",
             caption="../report/predictions.rst",
             category="Survival",
-            subcategory=COHORT,
+            subcategory="{cohort}",
             labels={"result": "out-of-fold predictions (CSV)"},
         ),
         km=report(
             f"{RESULTS}/report/km.png",
             caption="../report/km.rst",
             category="Survival",
-            subcategory=COHORT,
+            subcategory="{cohort}",
             labels={"result": "Kaplan-Meier by predicted risk"},
         ),
         strip=report(
             f"{RESULTS}/report/cindex_strip.png",
             caption="../report/cindex_strip.rst",
             category="Survival",
-            subcategory=COHORT,
+            subcategory="{cohort}",
             labels={"result": "C-index per fold (figure)"},
         ),
     log:
@@ -49,13 +49,12 @@ rule report_cindex:
         **SMALL_JOB,
     params:
         out_dir=parent_dir("md"),
-        partial_dir=PARTIAL_REPORT,
+        partial_dir=lambda wildcards: f"results/{wildcards.cohort}/report_partial",
         folds=FOLDS,
-        cohort=COHORT,
         options=report_options("cindex"),
     shell:
         "exec python -m ghanet_workflow.cli report cindex --metrics {input.metrics:q}"
-        " --predictions {input.predictions:q} --folds {params.folds} --cohort {params.cohort:q}"
+        " --predictions {input.predictions:q} --folds {params.folds} --cohort {wildcards.cohort:q}"
         " --out-dir {params.out_dir:q} --replaces {params.partial_dir:q} --options {params.options:q} > {log:q} 2>&1"
 
 
@@ -70,7 +69,7 @@ rule report_comparison:
             f"{RESULTS}/report/comparison.html",
             caption="../report/comparison.rst",
             category="Survival",
-            subcategory=COHORT,
+            subcategory="{cohort}",
             labels={"result": "paired model comparison"},
         ),
         csv=f"{RESULTS}/report/comparison.csv",
@@ -83,10 +82,9 @@ rule report_comparison:
         **SMALL_JOB,
     params:
         out_dir=parent_dir("md"),
-        cohort=COHORT,
         options=report_options("comparison"),
     shell:
-        "exec python -m ghanet_workflow.cli report comparison --predictions {input:q} --cohort {params.cohort:q}"
+        "exec python -m ghanet_workflow.cli report comparison --predictions {input:q} --cohort {wildcards.cohort:q}"
         " --out-dir {params.out_dir:q} --options {params.options:q} > {log:q} 2>&1"
 
 
@@ -98,7 +96,7 @@ rule report_training_curves:
             f"{RESULTS}/report/training_curves.png",
             caption="../report/training_curves.rst",
             category="Training",
-            subcategory=COHORT,
+            subcategory="{cohort}",
             labels={"result": "training curves"},
         ),
     log:
@@ -118,14 +116,14 @@ rule report_training_curves:
 rule report_failed_slides:
     input:
         slides=rules.build_cohort.output.slides,
-        qc=COHORT_SLIDES.tile_qc_files,
+        qc=cohort_slides("tile_qc_files"),
     output:
         md=f"{RESULTS}/report/failed_slides.md",
         html=report(
             f"{RESULTS}/report/failed_slides.html",
             caption="../report/failed_slides.rst",
             category="Slides",
-            subcategory=COHORT,
+            subcategory="{cohort}",
             labels={"result": "failed slides and QC"},
         ),
         csv=f"{RESULTS}/report/failed_slides.csv",
@@ -156,7 +154,7 @@ rule report_qc_sheet:
             f"{RESULTS}/report/qc_contact_sheet.png",
             caption="../report/qc_contact_sheet.rst",
             category="Slides",
-            subcategory=COHORT,
+            subcategory="{cohort}",
             labels={"result": "tiling QC contact sheet"},
         ),
     log:
@@ -167,7 +165,7 @@ rule report_qc_sheet:
         **SMALL_JOB,
     params:
         out_dir=parent_dir(0),
-        qc_png_dir=f"{RESULTS}/tiles/qc",
+        qc_png_dir=lambda wildcards: f"results/{wildcards.cohort}/tiles/qc",
         options=report_options("qc-sheet"),
     shell:
         "exec python -m ghanet_workflow.cli report qc-sheet --slides {input.slides:q}"
@@ -183,7 +181,7 @@ rule report_reconstruction:
             f"{RESULTS}/report/reconstruction.html",
             caption="../report/reconstruction.rst",
             category="Genomic reconstruction",
-            subcategory=COHORT,
+            subcategory="{cohort}",
             labels={"result": "Pearson r per signature group"},
         ),
         csv=f"{RESULTS}/report/reconstruction.csv",
@@ -211,7 +209,7 @@ rule report_attention:
             f"{RESULTS}/report/attention_heatmaps.png",
             caption="../report/attention_heatmaps.rst",
             category="Interpretability",
-            subcategory=COHORT,
+            subcategory="{cohort}",
             labels={"result": "G-HANet attention heatmaps"},
         ),
     log:
@@ -228,27 +226,63 @@ rule report_attention:
         " --slides {input.slides:q} --out-dir {params.out_dir:q} --options {params.options:q} > {log:q} 2>&1"
 
 
-# The models x cohorts table: this run's cohort plus the cindex.csv of other cohorts' runs listed
-# under `paper_table.other_cohorts` (run each cohort with its own --configfile first); a cell is
-# marked where comparison.csv (this cohort's, and those next to the other cohorts' tables) says
-# the model differs from the reference model.
+# Over several cohorts: every cohort's folds in one comparison, with the overall rows (the mean
+# ΔC over cohorts); the paper table marks its cells from it.
+rule report_comparison_all:
+    input:
+        [
+            path
+            for c in COHORTS.values()
+            for path in cohort_fold_outputs(c, "predictions.csv")
+        ],
+    output:
+        md=f"{RUN_REPORT}/comparison.md",
+        html=report(
+            f"{RUN_REPORT}/comparison.html",
+            caption="../report/comparison.rst",
+            category="Survival",
+            subcategory="All cohorts",
+            labels={"result": "paired model comparison, all cohorts"},
+        ),
+        csv=f"{RUN_REPORT}/comparison.csv",
+        tex=f"{RUN_REPORT}/comparison.tex",
+    log:
+        "logs/report/comparison.log",
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        **SMALL_JOB,
+    params:
+        out_dir=parent_dir("md"),
+        options=report_options("comparison"),
+    shell:
+        "exec python -m ghanet_workflow.cli report comparison --predictions {input:q} --by-cohort"
+        " --out-dir {params.out_dir:q} --options {params.options:q} > {log:q} 2>&1"
+
+
+# The models x cohorts table of the run (results/report/): every cohort's cindex.csv plus those of
+# other runs listed under `paper_table.other_cohorts`; a cell is marked where the comparison (the
+# run's, and those next to the other runs' tables) says the model differs from the reference model.
 rule paper_table:
     input:
-        cindex=[rules.report_cindex.output.csv, *config["paper_table"]["other_cohorts"]],
-        comparison=[rules.report_comparison.output.csv, *other_cohort_comparisons()],
+        cindex=[
+            *expand(rules.report_cindex.output.csv, cohort=COHORT_NAMES),
+            *config["paper_table"]["other_cohorts"],
+        ],
+        comparison=[run_comparison(), *other_cohort_comparisons()],
     output:
-        md=f"{RESULTS}/report/paper_table.md",
-        tex=f"{RESULTS}/report/paper_table.tex",
-        csv=f"{RESULTS}/report/paper_table.csv",
+        md=f"{RUN_REPORT}/paper_table.md",
+        tex=f"{RUN_REPORT}/paper_table.tex",
+        csv=f"{RUN_REPORT}/paper_table.csv",
         html=report(
-            f"{RESULTS}/report/paper_table.html",
+            f"{RUN_REPORT}/paper_table.html",
             caption="../report/paper_table.rst",
             category="Survival",
             subcategory="All cohorts",
             labels={"result": "models x cohorts (paper table)"},
         ),
     log:
-        f"{LOGS}/report/paper_table.log",
+        "logs/report/paper_table.log",
     conda:
         "../../envs/report.yaml"
     resources:

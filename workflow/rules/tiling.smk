@@ -5,7 +5,7 @@
 
 rule tile_slide:
     input:
-        slide=COHORT_SLIDES.slide_path,
+        slide=cohort_slides("slide_path"),
         redo=redo_markers(f"{RESULTS}/tiles/{{slide}}.h5"),
     output:
         coords=f"{RESULTS}/tiles/{{slide}}.h5",
@@ -18,8 +18,8 @@ rule tile_slide:
     resources:
         **SLIDE_JOB,
     params:
-        slide_id=COHORT_SLIDES.slide_id,
-        mpp=COHORT_SLIDES.mpp_option,
+        slide_id=cohort_slides("slide_id"),
+        mpp=cohort_slides("mpp_option"),
         options=options("tiling"),
     shell:
         "exec python -m ghanet_workflow.cli tile --slide {input.slide:q} --slide-id {params.slide_id:q} {params.mpp}"

@@ -23,6 +23,8 @@ rule train_fold:
         info=f"{RESULTS}/models/{{model}}/fold_{{fold}}/train_info.json",
     log:
         f"{LOGS}/train_fold/{{model}}_fold_{{fold}}.log",
+    wildcard_constraints:
+        model=GPU_MODELS,
     conda:
         "../../envs/torch.yaml"
     threads: 2
@@ -40,6 +42,18 @@ rule train_fold:
         "exec python -m ghanet_workflow.cli train --cohort-dir {params.cohort_dir:q} --fold-csv {input.fold:q}"
         " --model {wildcards.model:q} --out-dir {params.out_dir:q} --threads {threads}"
         " --options {params.options:q} {resources.run_settings:q} > {log:q} 2>&1"
+
+
+# The same on CPUs, without a GPU request: the models that fit without one (coxnet).
+use rule train_fold as train_fold_cpu with:
+    wildcard_constraints:
+        model=CPU_MODEL_NAMES,
+    threads: 1
+    resources:
+        mem_mb=mem_mb_training,
+        runtime=runtime_training,
+        disk_mb=1000,
+        run_settings=TRAINING_RUN_SETTINGS,
 
 
 rule evaluate_fold:

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..options import parse_options
 from . import attention, cindex, comparison, qc, reconstruction, training
-from .inputs import discover_inputs, qc_pngs_in, qc_pngs_next_to
+from .inputs import discover_inputs, group_by_cohort, qc_pngs_in, qc_pngs_next_to
 from .options import DEFAULTS, resolve_options
 from .paper import write_paper_table
 
@@ -63,6 +63,11 @@ def cohort_parser(product: str | None) -> argparse.ArgumentParser:
         help="folder of training logs <model>_fold_<k>.log; a missing fold's reason is read from its log",
     )
     parser.add_argument("--cohort", help="cohort name (default: name of the folder above --out-dir)")
+    parser.add_argument(
+        "--by-cohort",
+        action="store_true",
+        help="comparison: the predictions are several cohorts' (results/<cohort>/models/...): one block each, and overall",
+    )
     parser.add_argument("--folds", nargs="+", type=int, help="expected folds (default: every fold seen)")
     parser.add_argument("--encoder", help="feature encoder named in the QC summary")
     parser.add_argument("--target-mpp", type=float, help="target µm/px named in the QC summary")
@@ -123,8 +128,11 @@ def run_cohort_products(args: argparse.Namespace, products: tuple[str, ...]) -> 
         written += [out_dir / n for n in ("cindex.md", "cindex.html", "cindex.csv", "predictions.csv")]
         written += cindex.write_survival_figures(table, test, out_dir, options)
     if "comparison" in products and given["predictions"]:
-        cohort = args.cohort or out_dir.resolve().parent.name
-        comparison.write_comparison({cohort: given["predictions"]}, out_dir, options)
+        if args.by_cohort:  # several cohorts, each with its rows, and the overall rows
+            by_cohort = group_by_cohort(given["predictions"])
+        else:
+            by_cohort = {args.cohort or out_dir.resolve().parent.name: given["predictions"]}
+        comparison.write_comparison(by_cohort, out_dir, options)
         written += [out_dir / f"comparison.{ext}" for ext in ("md", "html", "csv", "tex")]
     if "training-curves" in products and given["training_logs"]:
         written += training.write_training_curves(

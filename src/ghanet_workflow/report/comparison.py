@@ -155,15 +155,13 @@ def compare_models(
     reproducible from its inputs and options.
     """
     rng = np.random.default_rng(seed)
-    rows, replicates = [], {}
+    rows, replicates, without_reference = [], {}, []
     for cohort, paths in predictions_by_cohort.items():
         files = index_fold_files(paths)
         models = list(dict.fromkeys(m for m, _ in files))
-        if reference not in models:
-            raise InputError(
-                f"comparison: reference model {reference!r} has no predictions in cohort {cohort!r} "
-                f"(models: {models}); set report.reference_model to one of them"
-            )
+        if reference not in models:  # e.g. a genomic-only cohort beside slide cohorts
+            without_reference.append(cohort)
+            continue
         for model in (m for m in models if m != reference):
             pairs, ratios, folds = paired_folds(files, model, reference)
             deltas = [
@@ -178,9 +176,11 @@ def compare_models(
                 _row(cohort, model, reference, deltas, t, p, df, variance, boot, level)
             )
     table = pd.DataFrame(rows, columns=[*COLUMNS, "variance"])
-    if len(predictions_by_cohort) > 1:
+    if len(predictions_by_cohort) - len(without_reference) > 1:
         table = pd.concat([table, _overall_rows(table, replicates, reference, level)], ignore_index=True)
-    return table.drop(columns="variance")
+    table = table.drop(columns="variance")
+    table.attrs["without_reference"] = without_reference
+    return table
 
 
 def _row(cohort, model, reference, deltas, t, p, df, variance, boot, level) -> dict:
@@ -277,8 +277,11 @@ def write_comparison(
         seed=int(options["comparison_seed"]),
     )
     table.attrs["level"] = level
-    note = method_note(options, len(predictions_by_cohort))
-    if table.empty:
+    without = table.attrs["without_reference"]
+    note = method_note(options, len(predictions_by_cohort) - len(without))
+    if without:
+        note = f"Not compared, {options['reference_model']} is not trained there: {', '.join(without)}. " + note
+    if table.empty and not without:
         note = f"Only {options['reference_model']} was trained: nothing to compare. " + note
     headers, rows = comparison_rows(table, decimals)
     body = tabulate(rows, headers=headers, tablefmt=options["tablefmt"], disable_numparse=True)

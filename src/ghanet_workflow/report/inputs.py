@@ -41,6 +41,17 @@ def model_and_fold(path: str | Path, default_model: str = "ghanet") -> tuple[str
     return model, int(match.group(1))
 
 
+def group_by_cohort(paths: Iterable[str | Path]) -> dict[str, list[Path]]:
+    """Per-fold files of several cohorts by cohort: the folder above ``models/`` (results/<cohort>/models/...)."""
+    groups: dict[str, list[Path]] = {}
+    for path in map(Path, paths):
+        model_dir = path.parent.parent
+        if model_dir.parent.name != "models":
+            raise InputError(f"{path}: cannot tell the cohort; expected results/<cohort>/models/<model>/fold_<k>/{path.name}")
+        groups.setdefault(model_dir.parent.parent.name, []).append(path)
+    return groups
+
+
 def index_fold_files(
     paths: Iterable[str | Path], default_model: str = "ghanet"
 ) -> dict[tuple[str, int], Path]:
