@@ -68,3 +68,11 @@ def signatures() -> Path:
 @pytest.fixture(scope="session")
 def published_splits() -> Path:
     return DATA / "tcga" / "splits"
+
+
+@pytest.fixture(scope="session")
+def demo_features_run(tmp_path_factory):
+    """The demo cohort with real features (tests/demo_features.DemoRun), shared by the slow learning tests."""
+    from demo_features import build_demo_features  # imports torch: only where a slow test asks for it
+
+    return build_demo_features(tmp_path_factory.mktemp("demo_features"))

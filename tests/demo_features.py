@@ -74,7 +74,7 @@ def make_slides(slides_dir: Path, slide_ids: list[str], demo_options: Mapping) -
     paths = []
     for slide_id in slide_ids:
         path = slides_dir / slide_id
-        plan = demo.plan_slide(slide_id, table, opts["seed"], opts)
+        plan = demo.plan_slide(slide_id, table, opts["seed"], opts, REPO / demo.DEFAULT_SIGNATURES)
         image = demo.render_slide(plan, sources, demo.slide_rng(opts["seed"], slide_id, stream=1), opts)
         description = f"G-HANet workflow demo slide (synthetic, test build) slide_id={slide_id} seed={opts['seed']}"
         demo.write_pyramidal_tiff(image, path, opts["mpp"], opts["tile_size"], opts["jpeg_quality"], description)

@@ -11,13 +11,18 @@ import pytest
 
 from ghanet_workflow.demo import (
     DEFAULT_SOURCES,
+    DEFAULTS,
     generate_demo_slide,
+    genomic_scores,
     load_clinical_table,
     main,
+    open_sources,
     plan_slide,
+    resolve_options,
     risk_percentiles,
     tissue_mask,
 )
+from ghanet_workflow.cohort import gene_groups, read_signatures
 from ghanet_workflow.errors import InputError
 
 MCAT_COLUMNS = ["case_id", "slide_id", "site", "is_female", "oncotree_code", "age", "survival_months", "censorship"]
@@ -105,6 +110,39 @@ def test_tissue_mix_follows_real_risk(generated, demo_csv, extreme_slides):
         tissue = rgb[tissue_mask(rgb)].astype(float)
         redness[label] = float((tissue[:, 0] - tissue[:, 2]).mean())
     assert redness["high"] > redness["low"] + 10
+
+
+def test_dense_tissue_follows_the_planted_group_score_not_the_risk(demo_csv, repo):
+    table = load_clinical_table(demo_csv)
+    signatures = repo / "data" / "tcga" / "signatures.csv"
+    score = genomic_scores(table, DEFAULTS["genomic_group"], signatures)
+    risk = risk_percentiles(table).loc[score.index]
+    assert abs(score.mean()) < 1e-9 and score.std(ddof=0) == pytest.approx(1.0)
+    assert abs(np.corrcoef(score, risk)[0, 1]) < 1e-9  # independent of the survival link, by construction
+    # The score is the group's own: the mean z-score of its RNA columns, less its risk part.
+    groups = gene_groups(list(table.columns), read_signatures(signatures))
+    rna = table.drop_duplicates("case_id").set_index("case_id")[groups[DEFAULTS["genomic_group"]]].astype(float)
+    raw = ((rna - rna.mean()) / rna.std(ddof=0)).mean(axis=1)
+    assert np.corrcoef(score, raw.loc[score.index])[0, 1] > 0.9
+    slide_ids = [s for s in table["slide_id"] if s.startswith("demo-")]
+    plans = [plan_slide(s, table, 0, {}, signatures) for s in slide_ids]
+    dense = [p.dense_share for p in plans]
+    assert np.corrcoef([p.genomic_score for p in plans], dense)[0, 1] > 0.8
+    assert abs(np.corrcoef([p.risk_percentile for p in plans], dense)[0, 1]) < 0.3
+    off = [plan_slide(s, table, 0, {"genomic_strength": 0.0}, signatures) for s in slide_ids]
+    assert [p.high_risk_share for p in off] == [p.high_risk_share for p in plans]  # survival link unchanged
+    assert abs(np.corrcoef([p.genomic_score for p in plans], [p.dense_share for p in off])[0, 1]) < 0.3
+    with pytest.raises(InputError, match="genomic_group 'Nope' is not a group"):
+        genomic_scores(table, "Nope", signatures)
+
+
+def test_dense_crops_hold_more_dark_nuclei_than_sparse_ones(sources):
+    opened = open_sources(sources, resolve_options({}))
+    rng = np.random.default_rng(0)
+    for source in opened.values():
+        dark = {kind: np.mean([(source.random_crop(rng, kind).mean(axis=2) < 130).mean() for _ in range(20)])
+                for kind in ("dense", "sparse")}
+        assert dark["dense"] > dark["sparse"] + 0.1, dark
 
 
 def test_risk_percentile_ranks_early_death_above_long_follow_up(demo_csv):

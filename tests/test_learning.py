@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from demo_features import DemoRun, build_demo_features, run_folds
+from demo_features import DemoRun, run_folds
 
 pytestmark = pytest.mark.slow
 
@@ -32,11 +32,6 @@ OPTIONS = {
     "evaluation": {"bootstrap": 10},
 }
 PERMUTATION_SEEDS = (0, 1, 2, 3)
-
-
-@pytest.fixture(scope="session")
-def demo_features_run(tmp_path_factory) -> DemoRun:
-    return build_demo_features(tmp_path_factory.mktemp("demo_features"))
 
 
 def permuted_cohort(cohort_dir: Path, out_dir: Path, seed: int) -> Path:

@@ -349,6 +349,7 @@ def test_reconstruction_table_averages_folds_and_names_top_genes(tmp_path):
                 "group": ["Tumor Suppression"] * 3 + ["Oncogenesis"] * 2,
                 "gene": ["TP53_mut", "RB1_cnv", "PTEN_rnaseq", "MYC_cnv", "KRAS_mut"],
                 "pearson_r": [0.5 + shift, 0.1 + shift, 0.3 + shift, 0.4, np.nan],
+                "group_r": [0.6 + shift] * 3 + [0.2 - shift] * 2,
             }
         ).to_csv(fold_dir / "reconstruction.csv", index=False)
         paths.append(fold_dir / "reconstruction.csv")
@@ -359,8 +360,11 @@ def test_reconstruction_table_averages_folds_and_names_top_genes(tmp_path):
     row = table.set_index("group").loc["Tumor Suppression"]
     assert row["mean_r"] == pytest.approx(0.4) and row["std_r"] == pytest.approx(np.std([0.3, 0.5], ddof=1))
     assert row["top_genes"] == "TP53_mut (0.600), PTEN_rnaseq (0.400)"
+    assert row["group_r"] == pytest.approx(0.7) and row["group_r_std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
+    assert table.set_index("group").loc["Oncogenesis", "group_r"] == pytest.approx(0.1)
     md = (tmp_path / "r.md").read_text()
     assert "| Tumor Suppression" in md and "0.400 ± 0.141" in md and "fold 2 (not found:" in md
+    assert "0.700 ± 0.141" in md and "Best reconstructed group (group-score r): Tumor Suppression." in md
 
 
 def test_main_writes_tables_and_figures_from_explicit_lists(cohort_run, tmp_path):

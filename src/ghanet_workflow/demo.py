@@ -11,7 +11,14 @@ The share of crops drawn from the high-risk source grows with the patient's real
 as the percentile of its martingale residual (event - Nelson-Aalen cumulative hazard at its
 time) among the patients of the table: early deaths rank high, long censored follow-up ranks
 low. Gaussian noise on the logit scale, plus the per-crop coin flips, keep the signal imperfect.
-This is a planted signal for a demonstration, not biology: a C-index on the demo is no result.
+
+A second, independent link ties morphology to one signature group's real genes (``genomic_group``):
+each source's tissue windows are split into a cell-dense third (most dark, nucleus-rich pixels:
+epidermis, carcinoma nests) and a sparse third (collagen, stroma), and the share of cell-dense crops
+grows with the patient's genomic score: the mean z-score of the group's RNA columns over the table's
+patients, made uncorrelated with the risk percentile (linear residual), then standardised. Its
+logit slope is ``genomic_strength`` (0 = no link); noise as above. Both are planted signals for a
+demonstration, not biology: a C-index or a reconstruction r on the demo is no result.
 
 Every random choice comes from one generator seeded with ``seed`` and the slide id, so the
 same inputs always give the same file, byte for byte.
@@ -31,6 +38,7 @@ import pandas as pd
 import tifffile
 
 from .atomic import atomic_path
+from .cohort import gene_groups, read_signatures
 from .errors import InputError, SlideError
 from .options import parse_options
 from .slides import SlideReader
@@ -45,6 +53,8 @@ DEFAULTS: dict = {
     "jpeg_quality": 85,  # JPEG quality of the TIFF tiles
     "tissue_fraction": 0.75,  # share of the canvas' crop cells covered by tissue
     "signal_strength": 2.0,  # logit slope of the high-risk crop share against risk (0 = no signal)
+    "genomic_group": "Tumor Suppressor Genes",  # signature group whose gene score sets the cell-dense share
+    "genomic_strength": 3.0,  # logit slope of the cell-dense crop share against that score (0 = no link)
     "noise": 1.0,  # SD of per-slide Gaussian noise on that logit
     "stain_jitter": 0.05,  # SD of per-crop, per-channel optical-density gain
     "min_crop_tissue": 0.6,  # least tissue share of a source crop to be used
@@ -56,9 +66,12 @@ DEFAULT_SOURCES: dict[str, str] = {
     "low_risk": "data/slides/CMU-1-Small-Region.svs",
     "high_risk": "data/slides/TCGA-CR-7395-01A-01-TS1.svs",
 }
+#: Signature groups (one gene symbol per cell) for the genomic link, relative to the repository root.
+DEFAULT_SIGNATURES = "data/tcga/signatures.csv"
 
 _BACKGROUND = 242  # grey level of the empty glass
 _LEVEL_TOLERANCE = 1.05  # a source level may be up to 5% coarser than the demo resolution
+_DARK_GREY = 130  # a pixel darker than this (grey level) counts as nucleus-rich for the tissue kinds
 
 
 @dataclass(frozen=True)
@@ -69,12 +82,19 @@ class SlidePlan:
     case_id: str
     risk_percentile: float  # in (0, 1); higher = shorter real survival
     high_risk_probability: float  # chance that a tissue cell is drawn from the high-risk source
-    cells: tuple[tuple[int, int, str], ...]  # (row, column, source key) per tissue cell
+    cells: tuple[tuple[int, int, str, str], ...]  # (row, column, source key, kind) per tissue cell
+    genomic_score: float = 0.0  # the planted group's score (mean 0, SD 1 over the table's patients)
+    dense_probability: float = 0.5  # chance that a tissue cell is a cell-dense crop
 
     @property
     def high_risk_share(self) -> float:
         """Share of tissue cells drawn from the high-risk source."""
-        return sum(source == "high_risk" for _, _, source in self.cells) / max(len(self.cells), 1)
+        return sum(cell[2] == "high_risk" for cell in self.cells) / max(len(self.cells), 1)
+
+    @property
+    def dense_share(self) -> float:
+        """Share of tissue cells that are cell-dense crops."""
+        return sum(cell[3] == "dense" for cell in self.cells) / max(len(self.cells), 1)
 
 
 def resolve_options(options: Mapping | None) -> dict:
@@ -92,7 +112,7 @@ def load_clinical_table(clinical_csv: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise InputError(f"{path}: clinical table not found; pass the demo table (data/demo/tcga_blca_demo.csv)")
     needed = ["case_id", "slide_id", "survival_months", "censorship"]
-    table = pd.read_csv(path, usecols=lambda column: column in needed)
+    table = pd.read_csv(path, usecols=lambda column: column in needed or str(column).endswith("_rnaseq")).copy()
     missing = [c for c in needed if c not in table.columns]
     if missing:
         raise InputError(f"{path}: missing column(s) {missing}; the table must be in MCAT format")
@@ -105,7 +125,7 @@ def risk_percentiles(table: pd.DataFrame) -> pd.Series:
     The residual is ``event - H(time)`` with ``H`` the Nelson-Aalen cumulative hazard of the
     table's patients, so it orders patients consistently with Harrell's concordance.
     """
-    patients = table.drop_duplicates("case_id").set_index("case_id")
+    patients = table[["case_id", "survival_months", "censorship"]].drop_duplicates("case_id").set_index("case_id")
     time = patients["survival_months"].to_numpy(float)
     event = 1 - patients["censorship"].to_numpy(int)
     event_times, deaths = np.unique(time[event == 1], return_counts=True)
@@ -115,10 +135,35 @@ def risk_percentiles(table: pd.DataFrame) -> pd.Series:
     return (residual.rank(method="average") - 0.5) / len(residual)
 
 
+def genomic_scores(table: pd.DataFrame, group: str, signatures_csv: str | Path = DEFAULT_SIGNATURES) -> pd.Series:
+    """Per patient, the planted score of signature group ``group``: mean 0, SD 1, uncorrelated with risk.
+
+    The mean over the group's RNA columns (``<gene>_rnaseq``, each z-scored over the table's
+    patients; constant columns left out), minus its least-squares line on the risk percentile,
+    standardised. Removing the risk part keeps the genomic link independent of the survival link.
+    Real RNA groups co-vary (the demo's Tumor Suppressor score correlates up to 0.6 with other
+    groups' scores), so other groups' reconstruction follows the planted one partly.
+    """
+    groups = gene_groups([c for c in table.columns if str(c).endswith("_rnaseq")], read_signatures(signatures_csv))
+    if group not in groups:
+        raise InputError(
+            f"demo.genomic_group {group!r} is not a group of {signatures_csv}; choose one of {list(groups)}"
+        )
+    values = table[["case_id", *groups[group]]].drop_duplicates("case_id").set_index("case_id").astype(float)
+    values = values.loc[:, values.std(ddof=0) > 0]
+    score = ((values - values.mean()) / values.std(ddof=0)).mean(axis=1)
+    risk = risk_percentiles(table).loc[score.index].to_numpy()
+    design = np.column_stack([np.ones(len(risk)), risk])
+    coef, *_ = np.linalg.lstsq(design, score.to_numpy(), rcond=None)
+    residual = score - design @ coef
+    return residual / residual.std(ddof=0)
+
+
 def slide_rng(seed: int, slide_id: str, stream: int = 0) -> np.random.Generator:
     """A random generator that depends only on ``seed``, ``slide_id`` and ``stream``.
 
-    Stream 0 draws the plan, stream 1 the crops, so a plan can be recomputed on its own.
+    Stream 0 draws the plan's sources, stream 2 its tissue kinds, stream 1 the crops, so a plan can
+    be recomputed on its own and the genomic link leaves the survival link's draws as they were.
     """
     digest = int.from_bytes(hashlib.sha256(slide_id.encode("utf-8")).digest()[:8], "little")
     return np.random.default_rng([int(seed), digest, stream])
@@ -135,8 +180,14 @@ def tissue_cells(rows: int, cols: int, fraction: float, rng: np.random.Generator
     return sorted(zip(*np.unravel_index(nearest, distance.shape)))
 
 
-def plan_slide(slide_id: str, table: pd.DataFrame, seed: int, options: Mapping | None = None) -> SlidePlan:
-    """Decide the patient, risk and per-cell tissue source of one demo slide."""
+def plan_slide(
+    slide_id: str,
+    table: pd.DataFrame,
+    seed: int,
+    options: Mapping | None = None,
+    signatures_csv: str | Path = DEFAULT_SIGNATURES,
+) -> SlidePlan:
+    """Decide the patient, risk, genomic score and per-cell tissue source and kind of one demo slide."""
     opts = resolve_options(options)
     rows = table.loc[table["slide_id"] == slide_id, "case_id"]
     if rows.empty:
@@ -149,15 +200,26 @@ def plan_slide(slide_id: str, table: pd.DataFrame, seed: int, options: Mapping |
     grid = tissue_cells(
         opts["height_px"] // opts["tile_size"], opts["width_px"] // opts["tile_size"], opts["tissue_fraction"], rng
     )
-    cells = tuple((int(r), int(c), "high_risk" if rng.random() < probability else "low_risk") for r, c in grid)
-    return SlidePlan(slide_id, case_id, percentile, probability, cells)
+    sources = ["high_risk" if rng.random() < probability else "low_risk" for _ in grid]
+    kind_rng = slide_rng(seed, slide_id, stream=2)
+    score = 0.0
+    if opts["genomic_strength"] > 0:
+        score = float(genomic_scores(table, opts["genomic_group"], signatures_csv)[case_id])
+    dense_logit = opts["genomic_strength"] * score + opts["noise"] * kind_rng.normal()
+    dense = float(1 / (1 + np.exp(-dense_logit)))
+    cells = tuple(
+        (int(r), int(c), source, "dense" if kind_rng.random() < dense else "sparse")
+        for (r, c), source in zip(grid, sources)
+    )
+    return SlidePlan(slide_id, case_id, percentile, probability, cells, score, dense)
 
 
 class TissueSource:
     """Random tissue crops of one real slide, resampled to the demo slide's resolution.
 
     The slide level closest to the demo resolution is read once into memory; crop positions
-    are drawn among those whose window holds at least ``min_tissue`` tissue.
+    are drawn among those whose window holds at least ``min_tissue`` tissue, from the cell-dense
+    or the sparse third of them (``kind`` dense or sparse: by their share of dark, nucleus-rich pixels).
     """
 
     def __init__(self, path: str | Path, target_mpp: float, crop_px: int, assumed_mpp: float, min_tissue: float):
@@ -173,15 +235,22 @@ class TissueSource:
         except SlideError as exc:
             raise InputError(f"{self.path}: cannot open the demo tissue source ({exc}); check the path") from exc
         self.crop_px = crop_px
-        self.positions = tissue_windows(self.image, self.read_px, min_tissue)
-        if len(self.positions) == 0:
+        positions = tissue_windows(self.image, self.read_px, min_tissue)
+        if len(positions) < 3:
             raise InputError(
-                f"{self.path}: no {self.read_px}-px window with >= {min_tissue:.0%} tissue; use another slide"
+                f"{self.path}: fewer than 3 {self.read_px}-px windows with >= {min_tissue:.0%} tissue; "
+                "use another slide"
             )
+        dark = cv2.cvtColor(self.image, cv2.COLOR_RGB2GRAY) < _DARK_GREY
+        darkness = window_shares(dark, self.read_px)[positions[:, 0] // 8, positions[:, 1] // 8]
+        order = np.argsort(darkness, kind="stable")
+        third = len(order) // 3
+        self.positions = {"dense": positions[order[-third:]], "sparse": positions[order[:third]]}
 
-    def random_crop(self, rng: np.random.Generator) -> np.ndarray:
-        """One crop_px x crop_px RGB crop at a random tissue-rich position."""
-        y, x = self.positions[rng.integers(len(self.positions))]
+    def random_crop(self, rng: np.random.Generator, kind: str) -> np.ndarray:
+        """One crop_px x crop_px RGB crop at a random tissue-rich position of the ``kind`` (dense, sparse)."""
+        positions = self.positions[kind]
+        y, x = positions[rng.integers(len(positions))]
         window = self.image[y : y + self.read_px, x : x + self.read_px]
         return cv2.resize(window, (self.crop_px, self.crop_px), interpolation=cv2.INTER_AREA)
 
@@ -194,12 +263,16 @@ def tissue_mask(rgb: np.ndarray) -> np.ndarray:
 
 def tissue_windows(rgb: np.ndarray, window: int, min_tissue: float, step: int = 8) -> np.ndarray:
     """Top-left (y, x) of the window x window squares, on a ``step`` grid, with >= min_tissue tissue."""
-    mask = tissue_mask(rgb).astype(np.float32)
+    return np.argwhere(window_shares(tissue_mask(rgb), window, step) >= min_tissue) * step
+
+
+def window_shares(mask: np.ndarray, window: int, step: int = 8) -> np.ndarray:
+    """Share of true pixels of ``mask`` in the window x window square at each ``step``-grid top-left."""
+    mask = mask.astype(np.float32)
     coarse = cv2.resize(mask, (mask.shape[1] // step, mask.shape[0] // step), interpolation=cv2.INTER_AREA)
     k = window // step
     summed = cv2.integral(coarse)
-    share = (summed[k:, k:] - summed[:-k, k:] - summed[k:, :-k] + summed[:-k, :-k]) / (k * k)
-    return np.argwhere(share >= min_tissue) * step
+    return (summed[k:, k:] - summed[:-k, k:] - summed[k:, :-k] + summed[:-k, :-k]) / (k * k)
 
 
 def augment(crop: np.ndarray, rng: np.random.Generator, stain_jitter: float) -> np.ndarray:
@@ -219,8 +292,8 @@ def render_slide(
     """Paint the plan's tissue cells onto a blank canvas (height x width x 3 uint8)."""
     size = opts["tile_size"]
     canvas = np.full((opts["height_px"], opts["width_px"], 3), _BACKGROUND, np.uint8)
-    for row, col, source in plan.cells:
-        crop = sources[source].random_crop(rng)
+    for row, col, source, kind in plan.cells:
+        crop = sources[source].random_crop(rng, kind)
         canvas[row * size : (row + 1) * size, col * size : (col + 1) * size] = augment(crop, rng, opts["stain_jitter"])
     return canvas
 
@@ -276,16 +349,18 @@ def generate_demo_slide(
     sources: Mapping[str, str | Path] | None = None,
     seed: int | None = None,
     options: Mapping | None = None,
+    signatures_csv: str | Path = DEFAULT_SIGNATURES,
 ) -> None:
     """Build the synthetic slide ``slide_id`` of the demo table ``clinical_csv`` at ``out_path``.
 
     ``sources`` maps ``low_risk``/``high_risk`` to real slide files (default
-    :data:`DEFAULT_SOURCES`); ``seed`` overrides ``options['seed']``.
+    :data:`DEFAULT_SOURCES`); ``seed`` overrides ``options['seed']``; ``signatures_csv`` holds the
+    signature groups of the genomic link.
     """
     opts = resolve_options(options)
     if seed is not None:
         opts["seed"] = int(seed)
-    plan = plan_slide(slide_id, load_clinical_table(clinical_csv), opts["seed"], opts)
+    plan = plan_slide(slide_id, load_clinical_table(clinical_csv), opts["seed"], opts, signatures_csv)
     rng = slide_rng(opts["seed"], slide_id, stream=1)
     image = render_slide(plan, open_sources(sources or DEFAULT_SOURCES, opts), rng, opts)
     description = (
@@ -304,6 +379,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--options", default="{}", help="JSON object of demo options (config section demo)")
     parser.add_argument("--low-risk-slide", default=DEFAULT_SOURCES["low_risk"], help="low-risk tissue source")
     parser.add_argument("--high-risk-slide", default=DEFAULT_SOURCES["high_risk"], help="high-risk tissue source")
+    parser.add_argument("--signatures", default=DEFAULT_SIGNATURES, help="signatures.csv of the genomic link")
     return parser.parse_args(argv)
 
 
@@ -312,5 +388,5 @@ def main(argv: list[str]) -> int:
     args = _parse_args(argv)
     options = parse_options(args.options, what="demo")
     sources = {"low_risk": args.low_risk_slide, "high_risk": args.high_risk_slide}
-    generate_demo_slide(args.slide_id, args.out, args.clinical, sources, args.seed, options)
+    generate_demo_slide(args.slide_id, args.out, args.clinical, sources, args.seed, options, args.signatures)
     return 0

@@ -3,7 +3,8 @@
 ``ghanet-wf interpret`` runs one (model, fold) job on the CPU after training: it loads the fold's
 ``model.pt`` and ``preprocessing.json``, runs the model on every TEST patient with all patches,
 and writes ``reconstruction.csv`` (Pearson r between reconstructed and true scaled genes, per
-selected gene; header only for a model without a reconstruction head) and ``attention.h5`` (the
+selected gene, and ``group_r``: the r of the group score, the mean of the group's selected scaled
+genes, reconstructed against true; header only for a model without a reconstruction head) and ``attention.h5`` (the
 CAB token attention and gated patch weights of the highest- and lowest-risk test patients, for
 G-HANet; ``n_patients = 0`` otherwise). Nothing here feeds training or model selection.
 """
@@ -34,7 +35,7 @@ from .train import Case
 log = logging.getLogger(__name__)
 
 RECONSTRUCTION_NAME = "reconstruction.csv"
-RECONSTRUCTION_COLUMNS = ["group", "gene", "pearson_r", "n_patients"]
+RECONSTRUCTION_COLUMNS = ["group", "gene", "pearson_r", "n_patients", "group_r"]
 ATTENTION_NAME = "attention.h5"
 #: test patients taken from each end of the fold's risk ranking for attention.h5
 ATTENTION_PATIENTS_PER_END = 2
@@ -86,7 +87,9 @@ def reconstruction_table(
 ) -> pd.DataFrame:
     """Per selected gene: Pearson r between reconstructed and true (scaled) values over the given cases.
 
-    Rows: group, gene, pearson_r, n_patients. Empty (header only) for a model without reconstruction.
+    Rows: group, gene, pearson_r, n_patients, group_r (the same on every row of a group: Pearson r
+    between the reconstructed and the true group score, the mean over the group's selected scaled
+    genes). Empty (header only) for a model without reconstruction.
     """
     case_ids = [case_id for case_id, out in outputs.items() if out["recon"]]
     rows = []
@@ -96,8 +99,9 @@ def reconstruction_table(
         predicted = np.stack([outputs[c]["recon"][index] for c in case_ids])
         true = np.stack([cases[c].genomics[index].numpy() for c in case_ids])
         r = pearson_columns(predicted, true)
+        group_r = float(pearson_columns(predicted.mean(axis=1, keepdims=True), true.mean(axis=1, keepdims=True))[0])
         rows += [
-            {"group": group, "gene": gene, "pearson_r": value, "n_patients": len(case_ids)}
+            {"group": group, "gene": gene, "pearson_r": value, "n_patients": len(case_ids), "group_r": group_r}
             for gene, value in zip(genes, r)
         ]
     return pd.DataFrame(rows, columns=RECONSTRUCTION_COLUMNS)

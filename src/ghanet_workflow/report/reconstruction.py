@@ -1,5 +1,10 @@
 """The genomic-reconstruction product: how well each model recovers each signature group's genes
-from the slides alone (Pearson r on the test folds), with the best-reconstructed genes."""
+from the slides alone (Pearson r on the test folds), with the best-reconstructed genes.
+
+Two group-level scores, both mean ± std over folds: ``mean_r``, the mean over the group's genes of
+the per-gene r, and ``group_r``, the r of the group score (the mean of the group's selected scaled
+genes, reconstructed against true; the ``group_r`` column of reconstruction.csv). A gene-morphology
+link that moves many genes of a group together shows in ``group_r`` far more than in ``mean_r``."""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from .text import as_html_tables, fmt_mean_std, fmt_number, html_page, std_name
 
 RECONSTRUCTION_COLUMNS = ("group", "gene", "pearson_r")
 #: columns of the report's reconstruction.csv (after ``model``)
-RECONSTRUCTION_TABLE = ["group", "n_genes", "mean_r", "std_r", "n_folds", "top_genes"]
+RECONSTRUCTION_TABLE = ["group", "n_genes", "mean_r", "std_r", "group_r", "group_r_std", "n_folds", "top_genes"]
 
 
 def write_reconstruction_report(
@@ -93,6 +98,8 @@ def _reconstruction_table(rows: pd.DataFrame, ddof: int, top: int, decimals: int
     out = []
     for group, frame in rows.groupby("group", sort=False):
         per_fold = frame.groupby("fold")["pearson_r"].mean()
+        # group_r is the same on every row of a (group, fold); files written before it have no column
+        group_r = frame.groupby("fold")["group_r"].first() if "group_r" in frame else pd.Series(dtype=float)
         gene_r = frame.groupby("gene")["pearson_r"].mean().sort_values(ascending=False).dropna()
         out.append(
             {
@@ -100,6 +107,8 @@ def _reconstruction_table(rows: pd.DataFrame, ddof: int, top: int, decimals: int
                 "n_genes": frame["gene"].nunique(),
                 "mean_r": per_fold.mean(),
                 "std_r": per_fold.std(ddof=ddof),
+                "group_r": group_r.mean(),
+                "group_r_std": group_r.std(ddof=ddof),
                 "n_folds": len(per_fold),
                 "top_genes": ", ".join(
                     f"{g} ({fmt_number(r, decimals)})" for g, r in gene_r.head(top).items()
@@ -115,18 +124,31 @@ def _reconstruction_markdown(
     """Markdown section of one model's reconstruction table."""
     decimals = int(options["decimals"])
     rows = [
-        [r.group, r.n_genes, fmt_mean_std(r.mean_r, r.std_r, decimals), r.top_genes]
+        [
+            r.group,
+            r.n_genes,
+            fmt_mean_std(r.group_r, r.group_r_std, decimals),
+            fmt_mean_std(r.mean_r, r.std_r, decimals),
+            r.top_genes,
+        ]
         for r in table.itertuples()
     ]
     body = tabulate(
         rows,
-        headers=["Group", "Genes", "Mean Pearson r", f"Top {options['top_genes']} genes (r)"],
+        headers=["Group", "Genes", "Group-score r", "Mean gene r", f"Top {options['top_genes']} genes (r)"],
         tablefmt=options["tablefmt"],
         disable_numparse=True,
     )
+    scored = table.dropna(subset=["group_r"])
+    best = (
+        f"Best reconstructed group (group-score r): {scored.loc[scored['group_r'].idxmax(), 'group']}. "
+        if len(scored)
+        else ""
+    )
     note = (
-        f"Pearson r between reconstructed and true genes of the test patients, averaged over a group's genes "
-        f"per fold, then mean ± std over {n_folds - len(missing)} fold(s) ({std_name(options['std_ddof'])}). "
-        f"Missing folds: {'; '.join(missing) or 'none.'}"
+        f"Pearson r over the test patients of each fold, then mean ± std over {n_folds - len(missing)} fold(s) "
+        f"({std_name(options['std_ddof'])}). Group-score r: r between the reconstructed and the true group score "
+        f"(the mean of the group's selected, standardised genes). Mean gene r: each selected gene's r, averaged "
+        f"over the group's genes. {best}Missing folds: {'; '.join(missing) or 'none.'}"
     )
     return f"## {model}\n\n{body}\n\n{note}\n"
