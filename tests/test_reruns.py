@@ -143,3 +143,70 @@ def test_a_truncated_coords_file_is_noticed_and_that_slide_is_tiled_again(finish
         assert handle["coords"].shape[0] > 0
     # Same patches again: no extraction or training; only the QC tables (timings) of the report.
     assert set(planned(finished)) <= {"report_failed_slides", "report_qc_sheet", "all"}
+
+
+def cohorts_config(work: Path, **extra: dict) -> list[str]:
+    """``--configfile`` of the demo's config moved to the ``cohorts:`` form, with ``extra`` cohorts beside it."""
+    import yaml
+
+    config = yaml.safe_load((work / "config" / "config.yaml").read_text())
+    demo = {key: config.pop(key) for key in ("clinical", "slides", "filters")}
+    config["cohorts"] = {config.pop("cohort"): demo, **extra}
+    path = work / "cohorts.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return ["--configfile", str(path)]
+
+
+#: the real TCGA-UCEC table with its published folds, without slides: a genomic-only cohort
+UCEC = {
+    "clinical": "data/tcga/tcga_ucec_all_clean.csv.zip",
+    "splits": {"published_dir": "data/tcga/splits/tcga_ucec"},
+    "models": ["coxnet"],
+}
+
+
+def test_the_demo_as_one_of_cohorts_reruns_nothing_and_a_slide_model_without_slides_is_refused(finished):
+    assert planned(finished, *cohorts_config(finished)) == {"paper_table": 1, "all": 1}  # the run's table moved
+    refused = run([SNAKEMAKE, "-n", *cohorts_config(finished, tcga_ucec={**UCEC, "models": ["ghanet", "coxnet"]})], finished)
+    output = refused.stdout + refused.stderr
+    assert refused.returncode == 1 and "Traceback" not in output
+    assert "cohorts.tcga_ucec.models: ['ghanet'] need slides, and cohort 'tcga_ucec' has none" in output, output[-2000:]
+
+
+def test_adding_a_cohort_adds_only_its_jobs_and_a_failed_fold_of_it_stops_nothing_else(finished):
+    """A genomic-only cohort beside the finished demo: only its jobs and the run's tables; one of its
+    folds fails, the rest runs, its partial report names the fold; the rerun retrains that fold."""
+    import pandas as pd
+
+    config = cohorts_config(finished, tcga_ucec=UCEC)
+    jobs = planned(finished, *config, "--quiet", "rules")
+    ucec_fold_jobs = {"train_fold_cpu": 5, "evaluate_fold": 5, "interpret_fold": 5}
+    ucec_reports = {"report_cindex": 1, "report_comparison": 1, "report_training_curves": 1}
+    ucec_reports |= {"report_reconstruction": 1, "report_attention": 1, "report_comparison_all": 1, "paper_table": 1}
+    assert jobs == {"build_genomic_cohort": 1, "make_splits": 1, **ucec_fold_jobs, **ucec_reports, "all": 1}
+    dry = run([SNAKEMAKE, "-n", *config], finished).stdout
+    assert "results/demo_blca/" not in dry.replace("results/demo_blca/report/cindex.csv", ""), dry[-3000:]
+
+    demo_files = {p: p.stat().st_mtime_ns for p in (finished / "results" / COHORT).rglob("*") if p.is_file()}
+    # the cohort's table and folds first, then one fold that cannot train: every patient in its test split
+    made = run([SNAKEMAKE, "--cores", "2", "results/tcga_ucec/splits/fold_0.csv", *config], finished)
+    assert made.returncode == 0, made.stderr[-3000:]
+    fold_csv = finished / "results" / "tcga_ucec" / "splits" / "fold_3.csv"
+    good = fold_csv.read_text()
+    fold_csv.write_text(good.replace(",train", ",test").replace(",val", ",test"))
+    failed = run([SNAKEMAKE, "--cores", "2", *config], finished, timeout=900)
+    assert failed.returncode != 0
+    partial = (finished / "results" / "tcga_ucec" / "report_partial" / "cindex.md").read_text()
+    assert "coxnet fold(s) 3" in partial, partial[:2000]
+    done = pd.read_csv(finished / "results" / "tcga_ucec" / "report_partial" / "cindex.csv").query("kind == 'fold'")
+    assert (done.set_index("fold").drop(index="3")["status"] == "ok").all()
+
+    fold_csv.write_text(good)
+    rerun = run([SNAKEMAKE, "--cores", "2", *config], finished, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert job_counts(rerun.stdout + rerun.stderr)["train_fold_cpu"] == 1
+    assert demo_files == {p: p.stat().st_mtime_ns for p in demo_files}  # the demo cohort: untouched
+    table = pd.read_csv(finished / "results" / "report" / "paper_table.csv")
+    assert {"demo_blca", "tcga_ucec"} <= set(table["cohort"]) and "coxnet" in set(table["model"])
+    comparison = (finished / "results" / "report" / "comparison.md").read_text()
+    assert "Not compared, ghanet is not trained there: tcga_ucec." in comparison

@@ -77,7 +77,7 @@ RUN_SETTINGS = {
         "slides_per_job",
         "external_dir",
     ),
-    "training": ("models", "device"),
+    "training": ("models", "device", "cohort_on_gpu"),
     "predict": ("slides", "models_from", "model", "device"),
 }
 # ...and those of them that the stages read (the rest only shape the DAG)
@@ -87,7 +87,7 @@ STAGE_RUN_SETTINGS = {
         for k in RUN_SETTINGS["features"]
         if k not in ("slides_per_job", "external_dir")
     ),
-    "training": ("device",),
+    "training": ("device", "cohort_on_gpu"),
 }
 
 
@@ -136,7 +136,8 @@ SLIDE_JOB = {"mem_mb": 2000, "runtime": 5, "disk_mb": 1000}
 import sys
 
 from ghanet_workflow import slide_files, slide_table
-from ghanet_workflow.cohort_config import CPU_MODELS, check_reference_model, run_cohorts
+from ghanet_workflow import memory as memory_estimate
+from ghanet_workflow.cohort_config import CPU_MODELS, MODELS_WITHOUT_SLIDES, check_reference_model, run_cohorts
 from ghanet_workflow.errors import InputError
 from ghanet_workflow.slide_set import SlideSet, by_cohort
 from ghanet_workflow.report import partial as partial_report
@@ -372,7 +373,9 @@ def write_partial_report():
     """After a failed run (onerror): the report of whatever finished (ghanet_workflow.report.partial)."""
     for cohort in COHORTS.values():
         if not Path(f"{cohort.results}/cohort/patients.csv").is_file():
-            continue
+            continue  # failed before its folds: nothing to report
+        if all(Path(p).is_file() for p in cohort_fold_outputs(cohort, "metrics.json")):
+            continue  # every fold finished: its report is (or will be) complete
         message = partial_report.write_partial_report(
             f"{cohort.results}/report_partial",
             f"{cohort.logs}/report_partial.log",
@@ -393,9 +396,21 @@ def write_partial_report():
 # ---------------------------------------------------------------- resources (grow on retry)
 
 
+def feature_store_index(wildcards):
+    """Input function: the cohort's packed features (rule pack_features) for a model that reads slides."""
+    if wildcards.model in MODELS_WITHOUT_SLIDES:
+        return []
+    return f"{COHORTS[wildcards.cohort].results}/cohort/feature_store/index.json"
+
+
 def mem_mb_training(wildcards, attempt):
-    """Training memory: base from the config, doubled on each retry (OOM kills)."""
-    return int(config["resources"]["train_mem_mb"]) * 2 ** (attempt - 1)
+    """Training memory: estimated from the cohort's feature store once it is packed (largest bag and
+    model size, ghanet_workflow.memory), else resources.train_mem_mb; doubled on each retry (OOM kills)."""
+    estimate = None
+    if wildcards.model not in MODELS_WITHOUT_SLIDES:
+        cohort_dir = f"{COHORTS[wildcards.cohort].results}/cohort"
+        estimate = memory_estimate.training_mem_mb_from_files(cohort_dir, config["training"])
+    return int(estimate or config["resources"]["train_mem_mb"]) * 2 ** (attempt - 1)
 
 
 def runtime_training(wildcards, attempt):
@@ -403,8 +418,12 @@ def runtime_training(wildcards, attempt):
     return int(config["resources"]["train_runtime_min"] * (1 + 0.5 * (attempt - 1)))
 
 
-def mem_mb_features(wildcards, attempt):
-    return int(config["resources"]["features_mem_mb"]) * 2 ** (attempt - 1)
+def mem_mb_features(wildcards, input, attempt):
+    """Extraction memory: estimated from the chunk's largest slide (its coords file) and the encoder
+    once tiled (ghanet_workflow.memory), else resources.features_mem_mb; doubled on each retry."""
+    coords = getattr(input, "coords", None)
+    estimate = memory_estimate.extraction_mem_mb_from_files(coords, config["features"]) if coords else None
+    return int(estimate or config["resources"]["features_mem_mb"]) * 2 ** (attempt - 1)
 
 
 def runtime_features(wildcards, attempt):

@@ -14,6 +14,7 @@ rule train_fold:
         genomics=rules.build_cohort.output.genomics,
         groups=rules.build_cohort.output.groups,
         slides=rules.build_cohort.output.slides,
+        store=feature_store_index,
         fold=f"{RESULTS}/splits/fold_{{fold}}.csv",
     output:
         model=f"{RESULTS}/models/{{model}}/fold_{{fold}}/model.pt",
@@ -44,7 +45,9 @@ rule train_fold:
         " --options {params.options:q} {resources.run_settings:q} > {log:q} 2>&1"
 
 
-# The same on CPUs, without a GPU request: the models that fit without one (coxnet).
+# The same on CPUs, without a GPU request: the models fit without one (coxnet, scikit-survival).
+# coxnet reads only the genomic preprocessing (its penalty path is fixed in ghanet_workflow.coxnet),
+# so a training option changes nothing of it.
 use rule train_fold as train_fold_cpu with:
     wildcard_constraints:
         model=CPU_MODEL_NAMES,
@@ -54,6 +57,10 @@ use rule train_fold as train_fold_cpu with:
         runtime=runtime_training,
         disk_mb=1000,
         run_settings=TRAINING_RUN_SETTINGS,
+    params:
+        cohort_dir=sibling_dir("patients"),
+        out_dir=parent_dir("model"),
+        options=json.dumps({"genomics": output_settings("genomics")}, sort_keys=True),
 
 
 rule evaluate_fold:
@@ -86,6 +93,7 @@ rule interpret_fold:
         genomics=rules.build_cohort.output.genomics,
         groups=rules.build_cohort.output.groups,
         slides=rules.build_cohort.output.slides,
+        store=feature_store_index,
         fold=f"{RESULTS}/splits/fold_{{fold}}.csv",
     output:
         reconstruction=f"{RESULTS}/models/{{model}}/fold_{{fold}}/reconstruction.csv",
