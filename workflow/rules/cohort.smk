@@ -29,6 +29,34 @@ rule build_cohort:
         " --options {params.options:q} > {log:q} 2>&1"
 
 
+# The cohort's features packed once into one file (ghanet_workflow.feature_store, training.feature_store_dtype)
+# that the training and interpretation jobs of every model x fold read a bag at a time, so their
+# memory follows the largest bag, not the cohort. They check it too (a stat per slide file) and
+# repack it under its lock when it is damaged or stale.
+rule pack_features:
+    input:
+        patients=rules.build_cohort.output.patients,
+        slides=rules.build_cohort.output.slides,
+    output:
+        index=f"{RESULTS}/cohort/feature_store/index.json",
+    log:
+        f"{LOGS}/pack_features.log",
+    wildcard_constraints:
+        cohort=SLIDE_COHORTS,
+    conda:
+        "../../envs/report.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=60,
+        disk_mb=1000,
+    params:
+        cohort_dir=sibling_dir("slides"),
+        dtype=config["training"]["feature_store_dtype"],
+    shell:
+        "exec python -m ghanet_workflow.cli pack-features --cohort-dir {params.cohort_dir:q} --dtype {params.dtype:q}"
+        " > {log:q} 2>&1"
+
+
 # A cohort without slides (cohorts.<name>.slides empty): every patient of the table, no slide.
 rule build_genomic_cohort:
     input:
