@@ -211,6 +211,8 @@ def test_encoder_sizes_are_those_of_the_registry():
 def test_training_estimate_follows_the_largest_bag_and_not_the_number_of_patients(built):
     cohort_dir, cohort = built
     assert memory.training_mem_mb_from_files(cohort_dir, FAST) is None  # not packed yet: the caller's constant
+    genomic = memory.training_mem_mb_from_files(cohort_dir, FAST, reads_slides=False)  # snn, coxnet: no store
+    assert genomic == memory.training_mem_mb(0, 0, memory.model_params_bound(0, FAST["hidden_dim"], [4, 3, 4]), 24, 32)
     index = feature_store.ensure_store(cohort, feature_store.store_dir(cohort_dir))
     estimate = memory.training_mem_mb_from_files(cohort_dir, FAST)
     bound = memory.model_params_bound(IN_DIM, FAST["hidden_dim"], [4, 3, 4])  # write_cohort's GROUPS

@@ -110,13 +110,14 @@ def _group_sizes(groups_json: str, mtime_ns: int) -> tuple[int, ...]:
     return tuple(len(genes) for genes in json.loads(Path(groups_json).read_text(encoding="utf-8")).values())
 
 
-def training_mem_mb_from_files(cohort_dir: str | Path, training: Mapping) -> int | None:
-    """:func:`training_mem_mb` of a built cohort with a packed store (``cohort_dir/feature_store/index.json``
-    and ``groups.json``: every gene of a group counted, before the fold's selection), for the
-    ``training`` options; None while those files do not exist yet (the caller falls back to its constant)."""
+def training_mem_mb_from_files(cohort_dir: str | Path, training: Mapping, reads_slides: bool = True) -> int | None:
+    """:func:`training_mem_mb` of a built cohort, for the ``training`` options: the largest bag and its
+    dim from the packed store (``cohort_dir/feature_store/index.json``; none for a model that reads
+    no slide) and the genes of ``groups.json`` (every gene of a group, before the fold's selection).
+    None while those files do not exist yet (the caller falls back to its constant)."""
     index, groups = Path(cohort_dir) / "feature_store" / "index.json", Path(cohort_dir) / "groups.json"
     try:
-        largest, dim, itemsize = _store_summary(str(index), os.stat(index).st_mtime_ns)
+        largest, dim, itemsize = _store_summary(str(index), os.stat(index).st_mtime_ns) if reads_slides else (0, 0, 4)
         sizes = _group_sizes(str(groups), os.stat(groups).st_mtime_ns)
     except (OSError, ValueError, KeyError):
         return None

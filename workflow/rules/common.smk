@@ -406,10 +406,9 @@ def feature_store_index(wildcards):
 def mem_mb_training(wildcards, attempt):
     """Training memory: estimated from the cohort's feature store once it is packed (largest bag and
     model size, ghanet_workflow.memory), else resources.train_mem_mb; doubled on each retry (OOM kills)."""
-    estimate = None
-    if wildcards.model not in MODELS_WITHOUT_SLIDES:
-        cohort_dir = f"{COHORTS[wildcards.cohort].results}/cohort"
-        estimate = memory_estimate.training_mem_mb_from_files(cohort_dir, config["training"])
+    cohort_dir = f"{COHORTS[wildcards.cohort].results}/cohort"
+    reads_slides = wildcards.model not in MODELS_WITHOUT_SLIDES
+    estimate = memory_estimate.training_mem_mb_from_files(cohort_dir, config["training"], reads_slides)
     return int(estimate or config["resources"]["train_mem_mb"]) * 2 ** (attempt - 1)
 
 
