@@ -19,7 +19,8 @@ from test_workflow import job_counts, linked_copy
 pytestmark = pytest.mark.slow
 
 COHORT = "demo_blca"
-FOLD_JOBS = {"train_fold": 5, "evaluate_fold": 5, "interpret_fold": 5}
+#: the demo's four models (config/config.yaml training.models) x 5 folds
+FOLD_JOBS = {"train_fold": 20, "evaluate_fold": 20, "interpret_fold": 20}
 #: the report products that read the folds' outputs (the slides products do not)
 FOLD_REPORT_JOBS = {
     **{"report_cindex": 1, "report_comparison": 1, "report_training_curves": 1, "report_reconstruction": 1},
@@ -56,15 +57,16 @@ def test_a_finished_run_has_nothing_to_do(finished):
 
 
 def test_adding_a_model_adds_only_that_models_jobs(finished):
-    jobs = planned(finished, "--config", "training={models: [ghanet, abmil]}", "--quiet", "rules")
-    assert jobs == {**FOLD_JOBS, **FOLD_REPORT_JOBS}
-    dry = run([SNAKEMAKE, "-n", "--config", "training={models: [ghanet, abmil]}"], finished).stdout
-    assert "model=abmil" in dry and "model=ghanet" not in dry, dry[-3000:]
+    more = overlay(finished, "training:\n  models: [ghanet, abmil, snn, abmil_snn, coxnet]\n")
+    jobs = planned(finished, *more, "--quiet", "rules")
+    assert jobs == {"train_fold_cpu": 5, "evaluate_fold": 5, "interpret_fold": 5, **FOLD_REPORT_JOBS}
+    dry = run([SNAKEMAKE, "-n", *more], finished).stdout
+    assert "model=coxnet" in dry and "model=ghanet" not in dry, dry[-3000:]
 
 
 def test_evaluation_settings_rerun_evaluation_and_report_only(finished):
     jobs = planned(finished, *overlay(finished, "evaluation:\n  bootstrap: 50\n  auc_times_months: [24]\n"))
-    assert jobs == {"evaluate_fold": 5, "report_cindex": 1, "paper_table": 1, "all": 1}
+    assert jobs == {"evaluate_fold": 20, "report_cindex": 1, "paper_table": 1, "all": 1}
 
 
 def test_a_report_option_reruns_only_the_products_that_show_it(finished):
@@ -81,7 +83,7 @@ def test_loader_and_device_settings_rerun_nothing(finished):
 
 def test_a_tiling_setting_reruns_tiling_and_everything_after_it(finished):
     jobs = planned(finished, *overlay(finished, "tiling: {min_tissue_fraction: 0.5}\n"), "--quiet", "rules")
-    assert jobs["tile_slide"] == 43 and jobs["extract_features"] == 3 and jobs["train_fold"] == 5
+    assert jobs["tile_slide"] == 43 and jobs["extract_features"] == 3 and jobs["train_fold"] == 20
     assert "demo_slide" not in jobs  # the synthetic slides themselves do not change
 
 
