@@ -1,24 +1,35 @@
 """Benchmark: dry run (`snakemake -n`) of a 10,000-slide cohort through the SLURM profiles.
 
-Builds a synthetic cohort under ``bench/out/dag_scale/`` (rebuilt each run): an MCAT-style
-clinical table of 5,000 patients with 2 slides each and a few gene columns from
-``data/tcga/signatures.csv``, one empty placeholder file per slide (a dry run never opens them),
-and a config with 5 folds and 3 models (ghanet, abmil, snn). Then, pinned to one CPU, it
-times ``snakemake -n --profile slurm`` (the site profile written by ``ghanet-wf slurm-profile``
-into a scratch XDG_CONFIG_HOME, the workflow profile profiles/default with its grouping), again
-with a copy of the workflow profile whose ``groups``/``group-components`` are removed, and prints
-the seconds and the number of SLURM jobs each would submit. A third, ``--quiet`` dry run (grouping
-on) times the DAG alone, without printing the 10,000+ job descriptions. With ``--baseline REV``
-the same quiet dry run is timed on a git worktree of an earlier commit (its own profiles) in the
-same run, and the ratio printed. Wall seconds depend on what else runs on the machine; CPU seconds
-(user + sys of the dry run) are the fair "one core" figure.
+Builds synthetic slides under ``--out`` (rebuilt each run): MCAT-style clinical tables of 5,000
+patients with 2 slides each and a few gene columns from ``data/tcga/signatures.csv``, one empty
+placeholder file per slide (a dry run never opens them), and configs with 5 folds and 3 models
+(ghanet, abmil, snn), in two layouts of the same slides and patients:
+
+* ``single``: one cohort of 10,000 slides, written with the single-cohort keys (``cohort``,
+  ``clinical``, ``slides``);
+* ``five``: the same patients split into 5 cohorts of 1,000 patients / 2,000 slides, each with its
+  own clinical table and slide folder, written with the ``cohorts:`` form (the DAG then holds 5x
+  the per-cohort jobs: splits, training, evaluation, reports, plus the paper table over all).
+
+``--layout both`` (default) measures the two layouts on the current checkout, so their ratio is the
+cost of the cohort dimension itself on the same code. For each layout, pinned to one CPU, it times
+``snakemake -n --profile slurm`` (the site profile written by ``ghanet-wf slurm-profile`` into a
+scratch XDG_CONFIG_HOME, the workflow profile profiles/default with its grouping), again with a copy
+of the workflow profile whose ``groups``/``group-components`` are removed, and prints the seconds
+and the number of SLURM jobs each would submit. A third, ``--quiet`` dry run (grouping on) times the
+DAG alone, without printing the 10,000+ job descriptions. With ``--baseline REV`` the ``-n`` and
+``-n --quiet`` dry runs are timed on a git worktree of an earlier commit (its own profiles) in the
+same run, always on the single layout (older commits know only the single-cohort keys), and the
+ratios printed against each layout measured. Wall seconds depend on what else runs on the machine;
+CPU seconds (user + sys of the dry run) are the fair "one core" figure.
 
 Counting: the dry run prints each job it would hand to the executor. A group job is printed once
 as ``Group job <name> ...`` with its member rules indented under it; every other job is printed as
 an unindented ``rule <name>:`` block. Submitted jobs = group jobs + unindented rule blocks, minus
 the target rule ``all`` (it has no command and never leaves the submit host).
 
-Not a test: ``python bench/bench_dag_scale.py [--slides 10000 --patients 5000] [--baseline 12bf727]``.
+Not a test: ``python bench/bench_dag_scale.py [--slides 10000 --patients 5000]
+[--layout single|five|both] [--baseline 8616000] [--out /tmp/dag_scale]``.
 """
 
 from __future__ import annotations
@@ -46,6 +57,8 @@ SIGNATURES = ROOT / "data" / "tcga" / "signatures.csv"
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 MODELS = ["ghanet", "abmil", "snn"]
 FOLDS = 5
+N_COHORTS = 5  # the "five" layout
+LAYOUTS = ("single", "five")
 GENES_PER_GROUP = 3
 LOCAL_RULES = {"all"}  # rules the dry run lists but the submit host runs itself
 
@@ -88,24 +101,61 @@ def clinical_table(n_patients: int, n_slides: int, seed: int = 0) -> pd.DataFram
     return table
 
 
-def write_cohort(out: Path, n_patients: int, n_slides: int) -> Path:
-    """Clinical csv + placeholder slides + config under ``out``; returns the config's path."""
-    slides = out / "slides"
-    slides.mkdir(parents=True, exist_ok=True)
-    table = clinical_table(n_patients, n_slides)
-    table.to_csv(out / "clinical.csv", index=False)
-    for slide_id in table["slide_id"]:
-        (slides / slide_id).touch()
-    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    config.update(
-        cohort=f"synthetic_{n_slides}",
-        clinical=str(out / "clinical.csv"),
-        signatures=str(SIGNATURES),
-        slides={"dir": str(slides), "table": None},
-    )
+def base_config(root: Path = ROOT) -> dict:
+    """``root``'s demo config without its cohort keys, with the benchmark's folds and models."""
+    config = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    for key in ("cohort", "clinical", "slides", "filters"):
+        config.pop(key, None)
+    config["signatures"] = str(SIGNATURES)
     config["splits"]["k"] = FOLDS
     config["training"]["models"] = MODELS
-    path = out / "cohort.yaml"
+    return config
+
+
+def place_slides(table: pd.DataFrame, slides: Path) -> None:
+    """One empty placeholder file per slide of ``table`` under ``slides``."""
+    slides.mkdir(parents=True, exist_ok=True)
+    for slide_id in table["slide_id"]:
+        (slides / slide_id).touch()
+
+
+def write_single(out: Path, table: pd.DataFrame) -> None:
+    """The whole table as one cohort under ``out``: its clinical csv and slide folder."""
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "clinical.csv", index=False)
+    place_slides(table, out / "slides")
+
+
+def single_config(out: Path, n_slides: int, root: Path = ROOT, name: str = "cohort.yaml") -> Path:
+    """Config of the cohort :func:`write_single` wrote, single-cohort keys over ``root``'s demo config
+    (an older commit's schema may not know the current config's keys); returns its path."""
+    config = {
+        "cohort": f"synthetic_{n_slides}",
+        "clinical": str(out / "clinical.csv"),
+        "slides": {"dir": str(out / "slides"), "table": None},
+        "filters": {},
+        **base_config(root),
+    }
+    path = out / name
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def write_five(out: Path, table: pd.DataFrame, n_cohorts: int = N_COHORTS) -> Path:
+    """The table's patients split into ``n_cohorts`` equal cohorts (``cohorts:`` form), each with
+    its own clinical table and slide folder under ``out/<name>/``; returns the config's path."""
+    patients = pd.unique(table["case_id"])
+    cohorts = {}
+    for index, chunk in enumerate(np.array_split(patients, n_cohorts)):
+        name = f"synthetic_{index + 1}"
+        part = table[table["case_id"].isin(set(chunk))]
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        part.to_csv(folder / "clinical.csv", index=False)
+        place_slides(part, folder / "slides")
+        cohorts[name] = {"clinical": str(folder / "clinical.csv"), "slides": {"dir": str(folder / "slides"), "table": None}}
+    config = {"cohorts": cohorts, **base_config()}
+    path = out / "cohorts.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
@@ -175,50 +225,108 @@ def dry_run(workdir: Path, args: list[str], snakefile: Path = ROOT / "Snakefile"
     return DryRun(seconds, cpu_seconds, submitted, group_jobs, per_rule)
 
 
-def print_comparison(grouped: DryRun, ungrouped: DryRun, quiet: DryRun, n_slides: int, n_patients: int) -> None:
-    """Seconds and SLURM job counts, grouped vs ungrouped."""
-    print(f"cohort: {n_slides} slides / {n_patients} patients, {FOLDS} folds x {len(MODELS)} models")
+@dataclass(frozen=True)
+class Layout:
+    """The three dry runs of one layout on the current checkout."""
+
+    name: str
+    description: str
+    grouped: DryRun
+    ungrouped: DryRun
+    quiet: DryRun
+
+
+def measure(name: str, workdir: Path, config: Path, site: dict, description: str) -> Layout:
+    """Grouped, ungrouped and quiet dry runs of one layout's config on the current checkout."""
+    common = ["--profile", "slurm", "--configfile", str(config)]
+    grouped = dry_run(workdir, common, env=site)
+    ungrouped = dry_run(workdir, [*common, "--workflow-profile", str(ungrouped_profile(workdir))], env=site)
+    quiet = dry_run(workdir, [*common, "--quiet"], env=site)
+    return Layout(name, description, grouped, ungrouped, quiet)
+
+
+def print_layout(layout: Layout) -> None:
+    """Seconds and SLURM job counts of one layout, grouped vs ungrouped."""
+    grouped, ungrouped, quiet = layout.grouped, layout.ungrouped, layout.quiet
+    print(f"\nlayout {layout.name}: {layout.description}, {FOLDS} folds x {len(MODELS)} models")
     print("jobs per rule:", ", ".join(f"{rule} {n}" for rule, n in sorted(grouped.jobs_per_rule.items())))
-    print(f"{'dry run (one CPU)':<36}{'wall [s]':>10}{'CPU [s]':>10}{'SLURM jobs':>12}{'group jobs':>12}")
+    print(f"{'dry run (one CPU)':<40}{'wall [s]':>10}{'CPU [s]':>10}{'SLURM jobs':>12}{'group jobs':>12}")
     rows = (
         ("-n, profile slurm (grouping on)", grouped, grouped.submitted, grouped.group_jobs),
         ("-n, grouping off", ungrouped, ungrouped.submitted, ungrouped.group_jobs),
         ("-n --quiet, grouping on (DAG only)", quiet, "", ""),
     )
     for name, run, submitted, group_jobs in rows:
-        print(f"{name:<36}{run.seconds:>10.1f}{run.cpu_seconds:>10.1f}{submitted:>12}{group_jobs:>12}")
+        print(f"{name:<40}{run.seconds:>10.1f}{run.cpu_seconds:>10.1f}{submitted:>12}{group_jobs:>12}")
     print(f"grouping submits {ungrouped.submitted / grouped.submitted:.1f}x fewer SLURM jobs "
           f"({ungrouped.submitted} -> {grouped.submitted}); target: dry run < 25 s CPU on one CPU")  # fmt: skip
 
 
+def print_ratios(layouts: dict[str, Layout], old: DryRun | None, old_quiet: DryRun | None, baseline: str | None) -> None:
+    """CPU ratios: five cohorts vs one on the current code, and each layout vs the baseline."""
+    print()
+    if len(layouts) == 2:
+        single, five = layouts["single"], layouts["five"]
+        print(f"cohort dimension (same code): five cohorts take {five.grouped.cpu_seconds / single.grouped.cpu_seconds:.2f}x "
+              f"the CPU of one with -n ({five.grouped.cpu_seconds:.1f} vs {single.grouped.cpu_seconds:.1f} s), "
+              f"{five.quiet.cpu_seconds / single.quiet.cpu_seconds:.2f}x with --quiet "
+              f"({five.quiet.cpu_seconds:.1f} vs {single.quiet.cpu_seconds:.1f} s); "
+              f"SLURM jobs {five.grouped.submitted} vs {single.grouped.submitted}, "
+              f"Snakemake jobs {sum(five.grouped.jobs_per_rule.values())} vs {sum(single.grouped.jobs_per_rule.values())}")  # fmt: skip
+    if old is None:
+        return
+    print(f"{'-n at ' + baseline + ' (single)':<40}{old.seconds:>10.1f}{old.cpu_seconds:>10.1f}{old.submitted:>12}{old.group_jobs:>12}")
+    print(f"{'-n --quiet at ' + baseline + ' (single)':<40}{old_quiet.seconds:>10.1f}{old_quiet.cpu_seconds:>10.1f}")
+    print(f"jobs per rule at {baseline}:", ", ".join(f"{rule} {n}" for rule, n in sorted(old.jobs_per_rule.items())))
+    for name, layout in layouts.items():
+        print(f"{name} layout now vs single at {baseline}: {layout.grouped.cpu_seconds / old.cpu_seconds:.2f}x the CPU with -n "
+              f"({layout.grouped.cpu_seconds:.1f} vs {old.cpu_seconds:.1f} s), "
+              f"{layout.quiet.cpu_seconds / old_quiet.cpu_seconds:.2f}x with --quiet "
+              f"({layout.quiet.cpu_seconds:.1f} vs {old_quiet.cpu_seconds:.1f} s); "
+              f"SLURM jobs {layout.grouped.submitted} vs {old.submitted}")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--slides", type=int, default=10_000, help="slides in the synthetic cohort")
-    parser.add_argument("--patients", type=int, default=5_000, help="patients (slides are spread evenly)")
+    parser.add_argument("--slides", type=int, default=10_000, help="slides in all (spread evenly over the patients)")
+    parser.add_argument("--patients", type=int, default=5_000, help="patients in all")
+    parser.add_argument("--layout", choices=[*LAYOUTS, "both"], default="both",
+                        help=f"current checkout: one cohort, {N_COHORTS} cohorts (cohorts: form), or both (default)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=OUT, help="scratch folder (rebuilt each run)")
-    parser.add_argument("--baseline", metavar="REV", help="also time the quiet dry run of this earlier commit")
+    parser.add_argument("--baseline", metavar="REV", help="also time the dry runs of this earlier commit (single layout)")
     args = parser.parse_args(argv)
     shutil.rmtree(args.out, ignore_errors=True)
-    config = write_cohort(args.out, args.patients, args.slides)
+    args.out.mkdir(parents=True)
+    table = clinical_table(args.patients, args.slides)
     site = {"XDG_CONFIG_HOME": str(install_site_profile(args.out))}
-    common = ["--profile", "slurm", "--configfile", str(config)]
-    grouped = dry_run(args.out, common, env=site)
-    ungrouped = dry_run(args.out, [*common, "--workflow-profile", str(ungrouped_profile(args.out))], env=site)
-    quiet = dry_run(args.out, [*common, "--quiet"], env=site)
-    print_comparison(grouped, ungrouped, quiet, args.slides, args.patients)
+    wanted = LAYOUTS if args.layout == "both" else (args.layout,)
+    per_cohort = f"{args.patients // N_COHORTS} patients / {args.slides // N_COHORTS} slides"
+    layouts = {}
+    if "single" in wanted or args.baseline:
+        write_single(args.out / "single", table)
+    if "single" in wanted:
+        description = f"1 cohort, {args.slides} slides / {args.patients} patients (single-cohort keys)"
+        config = single_config(args.out / "single", args.slides)
+        layouts["single"] = measure("single", args.out / "single", config, site, description)
+        print_layout(layouts["single"])
+    if "five" in wanted:
+        config = write_five(args.out / "five", table)
+        description = f"{N_COHORTS} cohorts of {per_cohort} each ({args.slides} slides in all, cohorts: form)"
+        layouts["five"] = measure("five", args.out / "five", config, site, description)
+        print_layout(layouts["five"])
+    old = old_quiet = None
     if args.baseline:
         tree = baseline_worktree(args.out, args.baseline)
-        (args.out / "config").mkdir(exist_ok=True)  # older Snakefiles read config/config.yaml first
-        shutil.copy(tree / "config" / "config.yaml", args.out / "config" / "config.yaml")
+        workdir = args.out / "single"
+        (workdir / "config").mkdir(exist_ok=True)  # older Snakefiles read config/config.yaml first
+        shutil.copy(tree / "config" / "config.yaml", workdir / "config" / "config.yaml")
+        config = single_config(workdir, args.slides, root=tree, name=f"cohort-{args.baseline}.yaml")
         then = ["--profile", str(tree / "profiles" / "slurm"), "--configfile", str(config)]
         env = {"PYTHONPATH": str(tree / "src")}
-        old = dry_run(args.out, then, snakefile=tree / "Snakefile", env=env)
-        old_quiet = dry_run(args.out, [*then, "--quiet"], snakefile=tree / "Snakefile", env=env)
-        print(f"{'-n at ' + args.baseline:<36}{old.seconds:>10.1f}{old.cpu_seconds:>10.1f}{old.submitted:>12}")
-        print(f"{'-n --quiet at ' + args.baseline:<36}{old_quiet.seconds:>10.1f}{old_quiet.cpu_seconds:>10.1f}")
-        print(f"dry run: {old.cpu_seconds / grouped.cpu_seconds:.2f}x less CPU than {args.baseline}, "
-              f"quiet: {old_quiet.cpu_seconds / quiet.cpu_seconds:.2f}x")  # fmt: skip
+        old = dry_run(workdir, then, snakefile=tree / "Snakefile", env=env)
+        old_quiet = dry_run(workdir, [*then, "--quiet"], snakefile=tree / "Snakefile", env=env)
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
+    print_ratios(layouts, old, old_quiet, args.baseline)
     return 0
 
 
