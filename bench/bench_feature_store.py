@@ -15,6 +15,7 @@ float32 store gives the same weights as ``memory`` (same seed), and the training
 
     python bench/bench_feature_store.py                  # 300 patients x 8000 x 1024-d: ~25 GB in /tmp
     python bench/bench_feature_store.py --patients 12    # a quick run
+    python bench/bench_feature_store.py --eval-bag 100000  # one 100,000-patch bag predicted whole
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import pandas as pd
 
 GROUP_SIZES = [94, 334, 521, 468, 1496, 479]  # BLCA, all genes (as bench/bench_training.py)
 MODES = ("memory", "store_float32", "store_float16")
+CHILDREN = (*MODES, "evaluate")
 
 
 def write_cohort(folder: Path, n_patients: int, n_patches: int, dim: int) -> Path:
@@ -111,6 +113,31 @@ def child(mode: str, cohort_dir: Path, out_dir: Path) -> dict:
     }
 
 
+def eval_child(cohort_dir: Path) -> dict:
+    """Predictions (all patches, eval mode) of the cohort's one bag read whole from the store."""
+    import torch
+
+    from ghanet_workflow import feature_store
+    from ghanet_workflow.cohort import load_built_cohort
+    from ghanet_workflow.model import build_model
+    from ghanet_workflow.train import Case, model_config, predict, resolve_options
+
+    torch.set_num_threads(1)
+    cohort = load_built_cohort(cohort_dir)
+    store = feature_store.open_store(cohort, cohort_dir)
+    case_id = cohort.patients.index[0]
+    bag = store.bag(case_id)
+    model = build_model("ghanet", model_config(resolve_options({}), bag.shape[1], GROUP_SIZES, 4))
+    started = time.perf_counter()
+    predict(model, {case_id: Case(bag)})
+    return {
+        "mode": "evaluate",
+        "patches": bag.shape[0],
+        "seconds": round(time.perf_counter() - started, 2),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
 def run_child(mode: str, cohort_dir: Path, work: Path) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--child", mode, "--cohort-dir", str(cohort_dir), "--work", str(work / mode)],
@@ -125,18 +152,37 @@ def main() -> int:
     parser.add_argument("--patches", type=int, default=8000)
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--keep", action="store_true", help="keep the synthetic cohort and stores")
-    parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--eval-bag", type=int, metavar="N",
+        help="instead: peak RSS of predicting one N-patch bag (e.g. 100000) read whole from the store, vs the estimate",
+    )
+    parser.add_argument("--child", choices=CHILDREN, help=argparse.SUPPRESS)
     parser.add_argument("--cohort-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.cohort_dir, args.work)))
+        figures = eval_child(args.cohort_dir) if args.child == "evaluate" else child(args.child, args.cohort_dir, args.work)
+        print(json.dumps(figures))
         return 0
 
     from ghanet_workflow import feature_store, memory
     from ghanet_workflow.cohort import load_built_cohort
 
     work = Path(tempfile.mkdtemp(prefix="bench_feature_store-"))
+    if args.eval_bag:
+        try:
+            cohort_dir = write_cohort(work, 1, args.eval_bag, args.dim)
+            feature_store.ensure_store(load_built_cohort(cohort_dir), feature_store.store_dir(cohort_dir))
+            figures = run_child("evaluate", cohort_dir, work)
+            estimate = memory.training_mem_mb(
+                args.eval_bag, args.dim, memory.model_params_bound(args.dim, 512, GROUP_SIZES), 4096, 512
+            )
+            print(json.dumps(figures))
+            print(f"one {args.eval_bag}-patch bag evaluated whole: peak {figures['peak_rss_mb']:.0f} MB, "
+                  f"estimated mem_mb {estimate} ({estimate / figures['peak_rss_mb']:.2f}x)")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0
     try:
         started = time.perf_counter()
         cohort_dir = write_cohort(work, args.patients, args.patches, args.dim)

@@ -29,8 +29,9 @@ MODEL_COPIES = 6
 #: N x hidden_dim float32 tensors kept for the backward pass per training patch (projections,
 #: attention and feed-forward activations of ghanet, the largest model)
 TRAIN_ACTIVATIONS = 24
-#: N x hidden_dim float32 tensors alive at once in an evaluation forward pass (no gradient)
-EVAL_ACTIVATIONS = 8
+#: N x hidden_dim float32 tensors alive at once in an evaluation forward pass (no gradient; a
+#: 100,000 x 1024 bag predicted whole peaks at 1,751 MB RSS, bench_feature_store.py --eval-bag)
+EVAL_ACTIVATIONS = 4
 MARGIN = 1.25
 #: per-encoder (parameters, feature dim, input side): what an extraction job holds; matches
 #: ghanet_workflow.encoders.ENCODERS (tests/test_feature_store.py checks dims and sizes)
