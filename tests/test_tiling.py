@@ -15,7 +15,7 @@ import tifffile
 from ghanet_workflow import tiling
 from ghanet_workflow.errors import InputError, SlideError
 from ghanet_workflow.features import read_coords  # the feature stage's reader of the coords files
-from ghanet_workflow.slides import MppInfo, SlideReader, level_for_downsample, resolve_mpp
+from ghanet_workflow.slides import MppInfo, SlideReader, level_for_downsample, resolve_mpp, rgba_to_rgb_on_white
 
 ROOT = Path(__file__).resolve().parents[1]
 CMU = ROOT / "data/slides/CMU-1-Small-Region.svs"
@@ -333,3 +333,119 @@ def test_overlap_shrinks_the_stride(tmp_path):
     assert attrs["overlap"] == 128 and row["status"] == "ok"
     steps = np.diff(np.unique(coords[:, 0]))
     assert steps.min() == round(128 * 0.5 / 0.499)
+
+
+# ----------------------------------------------------------------------------- speed levers (issue 16)
+
+
+@pytest.mark.parametrize(
+    ("slide", "mpp", "preset", "patches", "pen", "background"),
+    [
+        (CMU, None, "resection", 39, 2, 7),
+        (CMU, None, "biopsy", 39, 2, 9),
+        (TCGA_NO_MPP, 0.2527, "resection", 43, 0, 5),  # the frozen section, with the demo table's mpp
+        (TCGA_NO_MPP, 0.2527, "biopsy", 43, 0, 5),
+    ],
+)
+def test_real_slides_keep_their_patches_and_flags(tmp_path, slide, mpp, preset, patches, pen, background):
+    """The counts before the speed work; both slides are small, so their mask stays at 4 µm/px."""
+    row = run_tiling(slide, tmp_path, "s", mpp_override=mpp, options={"preset": preset})
+    assert row["status"] == "ok" and row["mask_mpp"] == pytest.approx(4.0, rel=0.01)
+    found = (row["n_patches"], row["n_flagged_pen"], row["n_flagged_blur"], row["n_flagged_background"])
+    assert found == (patches, pen, 0, background)
+
+
+def test_coarser_native_level_only_when_no_level_matches():
+    assert tiling.coarser_native_level((1.0, 4.0, 16.0, 64.0), 16.0, 32.0) is None  # 40x at 0.25: 4 µm/px level
+    assert tiling.coarser_native_level((1.0, 2.0, 4.0, 8.0), 8.0, 16.0) is None  # a demo slide: 4 µm/px level
+    assert tiling.coarser_native_level((1.0, 2.0005), 15.83, 31.66) is None  # the frozen section: resampled
+    assert tiling.coarser_native_level((1.0, 4.0, 15.9957, 63.94), 8.0, 16.0) == 2  # 20x at 0.5: 8 µm/px level
+    assert tiling.coarser_native_level((1.0, 4.0, 32.0), 8.0, 16.0) is None  # 16 µm/px is coarser than allowed
+    assert tiling.coarser_native_level((1.0, 3.0, 12.0, 24.0), 8.0, 16.0) == 2  # the finest acceptable one
+
+
+def write_pyramid(path: Path, rgb: np.ndarray, mpp: float, downsamples: tuple[int, ...]) -> Path:
+    """Tiled JPEG TIFF pyramid of ``rgb`` (OpenSlide generic-tiff) with MPP in the resolution tags."""
+    with tifffile.TiffWriter(path) as tif:
+        for ds in downsamples:
+            size = (-(-rgb.shape[1] // ds), -(-rgb.shape[0] // ds))
+            level = rgb if ds == 1 else cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+            tif.write(
+                level, tile=(256, 256), photometric="rgb", compression="jpeg", compressionargs={"level": 90},
+                resolution=(1e4 / (mpp * ds),) * 2, resolutionunit="CENTIMETER", subfiletype=1 if ds > 1 else 0,
+            )  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def cmu_20x_pyramid(tmp_path_factory) -> Path:
+    """The CMU-1 crop as a 20x slide with levels 1/4/16 (0.5, 2 and 8 µm/px), like a scanner writes."""
+    with SlideReader(CMU) as reader:
+        rgb = reader.read_region_rgb((0, 0), 0, reader.slide.dimensions)
+    return write_pyramid(tmp_path_factory.mktemp("pyramid") / "cmu20x.tiff", rgb, 0.5, (1, 4, 16))
+
+
+def test_small_20x_slide_keeps_the_fine_mask(tmp_path, cmu_20x_pyramid):
+    row = run_tiling(cmu_20x_pyramid, tmp_path, "small")
+    coords, _ = read_coords(tmp_path / "small.h5")
+    assert row["mask_mpp"] == pytest.approx(4.0, rel=0.01)  # its 2 µm/px level is small: resampled, as before
+    assert (row["n_patches"], row["n_flagged_pen"]) == (39, 2)
+    forced = run_tiling(cmu_20x_pyramid, tmp_path, "fine", options={"thumbnail_max_mpp": 4.0})
+    assert np.array_equal(read_coords(tmp_path / "fine.h5")[0], coords) and forced["mask_mpp"] == row["mask_mpp"]
+
+
+def test_large_20x_slide_takes_its_8um_level_as_the_mask(tmp_path, cmu_20x_pyramid, monkeypatch):
+    """What a large 20x slide does (here the small one, with the size gate lowered): the mask is its 8 µm/px
+    level read as is. The reason the gate exists: on this small crop the coarser mask drops 3 of the 39
+    border patches (thin strands fade, two pale holes stay holes) and the thin teal dye line (2 pen flags)."""
+    fine = run_tiling(cmu_20x_pyramid, tmp_path, "fine")
+    monkeypatch.setattr(tiling, "FINE_READ_MAX_PX", 0)
+    coarse = run_tiling(cmu_20x_pyramid, tmp_path, "coarse")
+    assert fine["mask_mpp"] == pytest.approx(4.0, rel=0.01) and coarse["mask_mpp"] == pytest.approx(8.0, rel=0.01)
+    fine_set = {tuple(c) for c in read_coords(tmp_path / "fine.h5")[0]}
+    coarse_set = {tuple(c) for c in read_coords(tmp_path / "coarse.h5")[0]}
+    assert coarse_set <= fine_set and len(coarse_set) >= 0.9 * len(fine_set)
+    assert coarse["tissue_area_mm2"] == pytest.approx(fine["tissue_area_mm2"], rel=0.15)
+    assert coarse["n_flagged_blur"] == 0
+    picture = cv2.imread(str(tmp_path / "qc" / "coarse.png"))
+    assert picture is not None and max(picture.shape[:2]) >= 800  # upscaled like any small thumbnail
+
+
+def test_box_sums_equal_an_integral_image():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (300, 400)).astype(np.uint8)
+    x0, y0 = rng.integers(0, 380, 500), rng.integers(0, 280, 500)
+    boxes = tiling.ThumbBoxes(x0, y0, x0 + rng.integers(1, 20, 500), y0 + rng.integers(1, 20, 500))  # overlapping
+    integral = cv2.integral(image, sdepth=cv2.CV_64F)
+    expected = integral[boxes.y1, boxes.x1] - integral[boxes.y0, boxes.x1] - integral[boxes.y1, boxes.x0]
+    expected += integral[boxes.y0, boxes.x0]
+    assert np.array_equal(tiling.box_sums(image, boxes), expected.astype(np.int64))
+    laplacian = cv2.Laplacian(image, cv2.CV_16S)
+    sums, squares = cv2.integral2(laplacian.astype(np.float32), sdepth=cv2.CV_64F, sqdepth=cv2.CV_64F)
+
+    def corners(table):
+        return (
+            table[boxes.y1, boxes.x1]
+            - table[boxes.y0, boxes.x1]
+            - table[boxes.y1, boxes.x0]
+            + table[boxes.y0, boxes.x0]
+        )
+
+    assert np.array_equal(tiling.box_sums(laplacian, boxes, np.float64), corners(sums))
+    assert np.array_equal(tiling.box_sums(laplacian, boxes, np.float64, squared=True), corners(squares))
+    assert tiling.box_sums(image, boxes.subset(np.zeros(500, bool))).shape == (0,)
+
+
+def test_rgb_read_into_numpy_equals_read_region_on_white(monkeypatch):
+    from types import SimpleNamespace
+
+    from ghanet_workflow import slides
+
+    with SlideReader(TCGA_NO_MPP) as reader:
+        width, height = reader.slide.level_dimensions[1]
+        region = ((0, 0), 1, (width + 40, height + 9))  # past the edge: transparent, composited to white
+        expected = rgba_to_rgb_on_white(np.asarray(reader.slide.read_region(*region)))
+        fast = reader.read_region_rgb(*region)
+        monkeypatch.setattr(slides, "sys", SimpleNamespace(byteorder="big"))  # the fallback: read_region + PIL
+        assert np.array_equal(fast, expected) and np.array_equal(reader.read_region_rgb(*region), expected)
+    assert (fast[:, width:] == 255).all()

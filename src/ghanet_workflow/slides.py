@@ -18,8 +18,10 @@ functions that read pixels.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -277,13 +279,56 @@ class SlideReader:
         """:meth:`read`, retried once on a fresh handle (OpenSlide handles stay broken)."""
         return self._rgba_with_retry((x, y), level, (size, size))[:, :, :3]
 
+    def _rgb_on_white(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """RGB uint8 (H, W, 3) composited on white, decoded straight into a numpy buffer.
+
+        OpenSlide fills a buffer of premultiplied ARGB; compositing premultiplied colour on white
+        is ``colour + (255 - alpha)``, one saturating add, so the pixels need neither the
+        un-premultiplying copy nor the PIL image that ``OpenSlide.read_region`` makes (together
+        about a third of the read time of a 4 µm/px thumbnail of a 40x slide). Opaque pixels come
+        out identical to :func:`rgba_to_rgb_on_white` of ``read_region``, transparent ones white;
+        partly transparent ones may differ by one grey level. Falls back to ``read_region`` where
+        the low-level call is not there (another openslide-python) or the byte order is not
+        little-endian.
+        """
+        import cv2
+
+        try:
+            from openslide import lowlevel
+
+            raw_read = lowlevel._read_region  # the buffer-filling call that read_region wraps
+            handle = self.slide._osr
+        except (ImportError, AttributeError):
+            raw_read = handle = None
+        if raw_read is None or handle is None or sys.byteorder != "little":
+            return rgba_to_rgb_on_white(self._rgba(location, level, size))
+        width, height = int(size[0]), int(size[1])
+        if width <= 0 or height <= 0:
+            return np.zeros((max(height, 0), max(width, 0), 3), np.uint8)
+        bgra = np.empty((height, width, 4), np.uint8)  # little-endian ARGB words = B, G, R, A bytes
+        pointer = bgra.ctypes.data_as(ctypes.POINTER(ctypes.c_uint32))
+        raw_read(handle, pointer, int(location[0]), int(location[1]), int(level), width, height)
+        rgb = cv2.cvtColor(bgra, cv2.COLOR_BGRA2RGB)
+        alpha = bgra[..., 3]
+        if alpha.min() < 255:
+            rgb = cv2.add(rgb, cv2.cvtColor(cv2.bitwise_not(alpha), cv2.COLOR_GRAY2RGB))
+        return rgb
+
     def read_region_rgb(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """RGB uint8 array (H, W, 3) of ``size`` at ``level`` composited on white; ``location`` in
         level-0 pixels. Retried once on a fresh handle, then a ``SlideError``."""
         import openslide
 
         try:
-            return rgba_to_rgb_on_white(self._rgba_with_retry(location, level, size))
+            try:
+                return self._rgb_on_white(location, level, size)
+            except (openslide.OpenSlideError, OSError):
+                self.close()
+                try:
+                    return self._rgb_on_white(location, level, size)
+                except (openslide.OpenSlideError, OSError):
+                    self.close()
+                    raise
         except openslide.OpenSlideError as err:
             raise SlideError(
                 "failed",
@@ -306,6 +351,8 @@ class SlideReader:
         native = max(abs(scale_x / level_ds - 1), abs(scale_y / level_ds - 1)) <= LEVEL_TOLERANCE
         block_w = max(1, int(READ_CHUNK_PX * level_ds / scale_x))
         block_h = max(1, int(READ_CHUNK_PX * level_ds / scale_y))
+        if native and block_w >= out_w and block_h >= out_h:  # one read, already the output: no copy
+            return self.read_region_rgb((0, 0), level, (out_w, out_h))
         out = np.empty((out_h, out_w, 3), np.uint8)
         for oy in range(0, out_h, block_h):
             for ox in range(0, out_w, block_w):

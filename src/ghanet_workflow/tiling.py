@@ -9,8 +9,22 @@ For one slide, :func:`tile_slide` writes three files, each atomically:
 
 A bad slide never raises: it yields 0 coordinates, status ``failed`` or ``no_tissue`` and a reason
 naming the slide and what to do. Steps: MPP (metadata or override) -> patch geometry at the target
-µm/px -> thumbnail at a fixed coarse µm/px, read in chunks -> saturation Otsu mask cleaned with
-sizes in µm and areas in mm² -> vectorised tissue fraction per patch (integral images) -> flags.
+µm/px -> thumbnail at a fixed coarse µm/px (or the pyramid level just coarser, on large slides), read in
+chunks -> saturation Otsu mask cleaned with sizes in µm and areas in mm² -> vectorised tissue
+fraction per patch (exact box sums) -> flags from the same thumbnail (no patch is read).
+
+Speed (issue 16, bench/bench_tiling.py, ``--levers`` for the thumbnail reads). The thumbnail read
+is most of the time. Kept: on a large slide with no level at ``thumbnail_mpp``, the next coarser
+level up to ``thumbnail_max_mpp`` read as is (a 20x slide's 8 µm/px level instead of resampling its
+2 µm/px one: about 20x less CPU for that read); decoding straight into a numpy buffer without PIL
+(slides.SlideReader.read_region_rgb: a quarter to a third less CPU for a 40x slide's 4 µm/px
+level); exact box sums instead of float64 integral images (120 MB less peak memory on a 40x
+slide); one HSV conversion for mask and pen flag; a faster QC-picture downscale. Not kept: OpenSlide's
+``get_thumbnail`` (it reads the same finer level, then resamples through PIL: slower than
+before), and decoding in parallel strips: each tiling job has one thread (Snakemake
+``threads: 1``, which also sets ``OMP_NUM_THREADS=1``) and a cohort tiles as many slides at once
+as there are cores, so strips would only move the wall time of a lone slide on an idle machine
+(0.23 -> 0.13 s for a 40x 4 µm/px level; no gain with the other core busy), not the CPU time.
 """
 
 from __future__ import annotations
@@ -23,6 +37,7 @@ import sys
 import textwrap
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import cv2
@@ -32,7 +47,7 @@ import numpy as np
 from ghanet_workflow.atomic import atomic_path, write_json
 from ghanet_workflow.errors import InputError, SlideError
 from ghanet_workflow.options import parse_options
-from ghanet_workflow.slides import SlideReader, level_for_downsample, resolve_mpp
+from ghanet_workflow.slides import LEVEL_TOLERANCE, SlideReader, level_for_downsample, resolve_mpp
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +68,7 @@ DEFAULTS: dict[str, object] = {
     "min_tissue_fraction": 0.25,
     "preset": "resection",
     "thumbnail_mpp": 4.0,
+    "thumbnail_max_mpp": 8.0,
     "thumbnail_max_px": 4096,
     "saturation_floor": 15,
     "min_tissue_area_mm2": None,
@@ -64,6 +80,11 @@ DEFAULTS: dict[str, object] = {
     "background_max_tissue_fraction": 0.5,
     "qc_png_max_px": 1600,
 }
+
+#: A level finer than ``thumbnail_mpp`` with at most this many pixels is resampled to the thumbnail
+#: even when a coarser level up to ``thumbnail_max_mpp`` exists (about 0.4 s of decoding on one core):
+#: the coarser level only where it saves real time, i.e. on large slides.
+FINE_READ_MAX_PX = 16_000_000
 
 #: OpenCV HSV (H in 0..180) hue band of blue/green marker ink, and the saturation it needs.
 PEN_HUE_RANGE = (35, 115)
@@ -99,6 +120,7 @@ def _check_option_ranges(opts: dict) -> None:
         "overlap": 0 <= int(opts["overlap"]) < int(opts["patch_size"]),
         "min_tissue_fraction": 0 <= opts["min_tissue_fraction"] <= 1,
         "thumbnail_mpp": opts["thumbnail_mpp"] > 0,
+        "thumbnail_max_mpp": opts["thumbnail_max_mpp"] > 0,
         "thumbnail_max_px": int(opts["thumbnail_max_px"]) >= 64,
     }
     bad = [key for key, ok in checks.items() if not ok]
@@ -173,12 +195,50 @@ class Thumbnail:
         """Area of one thumbnail pixel in mm²."""
         return self.mpp_x * self.mpp_y / 1e6
 
+    @cached_property
+    def hsv(self) -> np.ndarray:
+        """OpenCV HSV of the thumbnail, converted once for the tissue mask and the pen flag."""
+        return cv2.cvtColor(self.rgb, cv2.COLOR_RGB2HSV)
+
+
+def coarser_native_level(downsamples: tuple[float, ...], scale: float, max_scale: float) -> int | None:
+    """The finest level coarser than ``scale`` (level-0 px per thumbnail px) but not than
+    ``max_scale``, when no level matches ``scale`` itself (within LEVEL_TOLERANCE); else None."""
+    low, high = scale * (1 - LEVEL_TOLERANCE), scale * (1 + LEVEL_TOLERANCE)
+    if any(low <= ds <= high for ds in downsamples):
+        return None
+    coarser = [i for i, ds in enumerate(downsamples) if high < ds <= max_scale * (1 + LEVEL_TOLERANCE)]
+    return min(coarser, key=lambda i: downsamples[i]) if coarser else None
+
 
 def read_thumbnail(reader: SlideReader, slide_mpp: float, opts: dict) -> Thumbnail:
-    """Thumbnail at ``thumbnail_mpp`` µm/px (coarser if needed to fit ``thumbnail_max_px``)."""
+    """Thumbnail at ``thumbnail_mpp`` µm/px (coarser if needed to fit ``thumbnail_max_px``).
+
+    When no pyramid level lies at that resolution but one lies between it and ``thumbnail_max_mpp``,
+    and the finer level that would be resampled has more than :data:`FINE_READ_MAX_PX` pixels,
+    that coarser level is the thumbnail, read as is. This is what makes a large 20x slide (levels
+    at 0.5, 2, 8 and 32 µm/px) fast: its 8 µm/px level has 1/16 of the pixels of the 2 µm/px one
+    (decoding that was 1.0 s of the 1.3 s a 30000 x 22500 px slide took, bench/bench_tiling.py).
+    The mask's blur, closing and area sizes are in µm and mm², and a 256-px patch at 0.5 µm/px
+    still covers 16 x 16 mask pixels; on that slide 4509 of 4512 patches are the same (the blur
+    flag, a Laplacian variance that is lower at 8 µm/px, marks 60 faint edge patches, not 8). Small
+    slides, where the finer read is cheap anyway, keep the finer mask: at 8 µm/px thin strands
+    and thin pen lines fade (the CMU-1 crop stored as a 20x pyramid and forced onto its 8 µm/px
+    level keeps 36 of its 39 patches and loses its 2 pen flags), see tests/test_tiling.py.
+    """
     width, height = reader.slide.dimensions
+    downsamples = tuple(reader.slide.level_downsamples)
     scale = max(float(opts["thumbnail_mpp"]) / slide_mpp, max(width, height) / int(opts["thumbnail_max_px"]), 1.0)
-    out_w, out_h = max(1, round(width / scale)), max(1, round(height / scale))
+    max_scale = max(float(opts["thumbnail_max_mpp"]) / slide_mpp, scale)
+    level = coarser_native_level(downsamples, scale, max_scale)
+    if level is not None:
+        fine_w, fine_h = reader.slide.level_dimensions[level_for_downsample(downsamples, scale)]
+        if fine_w * fine_h <= FINE_READ_MAX_PX:
+            level = None
+    if level is None:
+        out_w, out_h = max(1, round(width / scale)), max(1, round(height / scale))
+    else:
+        out_w, out_h = reader.slide.level_dimensions[level]
     scale_x, scale_y = width / out_w, height / out_h
     rgb = reader.read_downsampled(scale_x, scale_y, (out_w, out_h))
     return Thumbnail(rgb, scale_x, scale_y, scale_x * slide_mpp, scale_y * slide_mpp)
@@ -193,9 +253,12 @@ def _odd_kernel(size_um: float, pixel_um: float) -> int:
     return pixels if pixels % 2 else pixels + 1
 
 
-def saturation_mask(rgb: np.ndarray, pixel_um: float, opts: dict) -> np.ndarray:
-    """Binary (0/1 uint8) mask of saturated pixels: median blur, Otsu with a floor, closing."""
-    saturation = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1]
+def saturation_mask(rgb: np.ndarray, pixel_um: float, opts: dict, hsv: np.ndarray | None = None) -> np.ndarray:
+    """Binary (0/1 uint8) mask of saturated pixels: median blur, Otsu with a floor, closing.
+
+    ``hsv``: the image already in OpenCV HSV, if at hand (else converted here).
+    """
+    saturation = np.ascontiguousarray((cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV) if hsv is None else hsv)[..., 1])
     saturation = cv2.medianBlur(saturation, _odd_kernel(float(opts["median_blur_um"]), pixel_um))
     otsu, _ = cv2.threshold(saturation, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     mask = (saturation > max(otsu, float(opts["saturation_floor"]))).astype(np.uint8)
@@ -223,12 +286,16 @@ def filter_regions(mask: np.ndarray, pixel_area_mm2: float, opts: dict) -> np.nd
 def tissue_mask(thumbnail: Thumbnail, opts: dict) -> np.ndarray:
     """Tissue mask (0/1 uint8) of a thumbnail."""
     pixel_um = math.sqrt(thumbnail.mpp_x * thumbnail.mpp_y)
-    return filter_regions(saturation_mask(thumbnail.rgb, pixel_um, opts), thumbnail.pixel_area_mm2, opts)
+    saturation = saturation_mask(thumbnail.rgb, pixel_um, opts, thumbnail.hsv)
+    return filter_regions(saturation, thumbnail.pixel_area_mm2, opts)
 
 
-def pen_mask(rgb: np.ndarray) -> np.ndarray:
-    """Likely marker ink (0/1 uint8): saturated blue/green hues or near-black pixels."""
-    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+def pen_mask(rgb: np.ndarray, hsv: np.ndarray | None = None) -> np.ndarray:
+    """Likely marker ink (0/1 uint8): saturated blue/green hues or near-black pixels.
+
+    ``hsv``: the image already in OpenCV HSV, if at hand (else converted here).
+    """
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV) if hsv is None else hsv
     hue, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
     coloured = (hue >= PEN_HUE_RANGE[0]) & (hue <= PEN_HUE_RANGE[1]) & (sat >= PEN_MIN_SATURATION)
     return (coloured | (val <= PEN_MAX_BLACK_VALUE)).astype(np.uint8)
@@ -261,28 +328,54 @@ def thumb_boxes(coords: np.ndarray, size0: int, thumbnail: Thumbnail) -> ThumbBo
     return ThumbBoxes(x0, y0, x1, y1)
 
 
-def box_means(integral: np.ndarray, boxes: ThumbBoxes) -> np.ndarray:
-    """Mean of the image behind ``integral`` (cv2.integral layout) inside every box, vectorised."""
-    total = (
-        integral[boxes.y1, boxes.x1]
-        - integral[boxes.y0, boxes.x1]
-        - integral[boxes.y1, boxes.x0]
-        + integral[boxes.y0, boxes.x0]
-    )
-    return total / ((boxes.x1 - boxes.x0) * (boxes.y1 - boxes.y0))
+def box_sums(image: np.ndarray, boxes: ThumbBoxes, dtype=np.int64, squared: bool = False) -> np.ndarray:
+    """Exact sum of a 2-D ``image`` (or of its square) inside every box, accumulated in ``dtype``.
+
+    The box edges cut the image into a grid of cells (a patch grid gives one cell per patch, or a few
+    with overlap). Each band of rows between two horizontal edges is summed down its columns, the
+    columns are summed per cell (``np.add.reduceat``) and an integral image of the few cells gives
+    every box: the sums of a full-resolution integral image, without its 8-byte pixels (two images
+    of 84 MB for the Laplacian of a 40x slide's 3750 x 2812 thumbnail: the peak RSS of tiling it
+    fell from 337 to 217 MB) and without a cast copy of the image.
+    """
+    if len(boxes.x0) == 0:
+        return np.zeros(0, dtype)
+    xs = np.unique(np.concatenate([boxes.x0, boxes.x1]))
+    ys = np.unique(np.concatenate([boxes.y0, boxes.y1]))
+    bands = np.empty((len(ys) - 1, int(xs[-1] - xs[0])), dtype)
+    for i, (top, bottom) in enumerate(zip(ys[:-1], ys[1:])):
+        band = image[top:bottom, xs[0] : xs[-1]]
+        if squared:
+            band = np.square(band, dtype=np.float32)  # exact while |pixel| < 2**12
+        band.sum(axis=0, dtype=dtype, out=bands[i])
+    integral = np.zeros((len(ys), len(xs)), dtype)
+    integral[1:, 1:] = np.add.reduceat(bands, xs[:-1] - xs[0], axis=1).cumsum(axis=0).cumsum(axis=1)
+    ix0, ix1 = np.searchsorted(xs, boxes.x0), np.searchsorted(xs, boxes.x1)
+    iy0, iy1 = np.searchsorted(ys, boxes.y0), np.searchsorted(ys, boxes.y1)
+    return integral[iy1, ix1] - integral[iy0, ix1] - integral[iy1, ix0] + integral[iy0, ix0]
+
+
+def box_areas(boxes: ThumbBoxes) -> np.ndarray:
+    """Pixels in every box."""
+    return (boxes.x1 - boxes.x0) * (boxes.y1 - boxes.y0)
 
 
 def mask_fractions(mask: np.ndarray, boxes: ThumbBoxes) -> np.ndarray:
     """Fraction of mask pixels in every box."""
-    return box_means(cv2.integral(mask, sdepth=cv2.CV_32S), boxes)
+    return box_sums(mask, boxes) / box_areas(boxes)
 
 
 def laplacian_variances(rgb: np.ndarray, boxes: ThumbBoxes) -> np.ndarray:
-    """Variance of the grey-level Laplacian in every box (low = blurred or featureless)."""
-    laplacian = cv2.Laplacian(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.CV_32F)
-    sums, squares = cv2.integral2(laplacian, sdepth=cv2.CV_64F, sqdepth=cv2.CV_64F)
-    mean = box_means(sums, boxes)
-    return np.maximum(box_means(squares, boxes) - mean**2, 0.0)
+    """Variance of the grey-level Laplacian in every box (low = blurred or featureless).
+
+    The 3x3 Laplacian of 8-bit grey is an integer in [-1020, 1020] (int16), its square below 2**24
+    (exact in float32): the sums are exact in float64, the same as with float integral images.
+    """
+    laplacian = cv2.Laplacian(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.CV_16S)
+    area = box_areas(boxes)
+    mean = box_sums(laplacian, boxes, np.float64) / area
+    squares = box_sums(laplacian, boxes, np.float64, squared=True) / area
+    return np.maximum(squares - mean**2, 0.0)
 
 
 @dataclass(frozen=True)
@@ -308,10 +401,11 @@ def flag_patches(thumbnail: Thumbnail, boxes: ThumbBoxes, tissue_fraction: np.nd
         empty = np.zeros(0, bool)
         return PatchFlags(empty, empty, empty)
     x0, y0 = int(boxes.x0.min()), int(boxes.y0.min())
-    rgb = thumbnail.rgb[y0 : int(boxes.y1.max()), x0 : int(boxes.x1.max())]
+    window = np.s_[y0 : int(boxes.y1.max()), x0 : int(boxes.x1.max())]
+    rgb = thumbnail.rgb[window]
     local = ThumbBoxes(boxes.x0 - x0, boxes.y0 - y0, boxes.x1 - x0, boxes.y1 - y0)
     return PatchFlags(
-        pen=mask_fractions(pen_mask(rgb), local) >= float(opts["pen_min_fraction"]),
+        pen=mask_fractions(pen_mask(rgb, thumbnail.hsv[window]), local) >= float(opts["pen_min_fraction"]),
         blur=laplacian_variances(rgb, local) < float(opts["blur_max_laplacian_var"]),
         background=tissue_fraction < float(opts["background_max_tissue_fraction"]),
     )
@@ -382,6 +476,7 @@ def _qc_row(slide_id: str, slide_path: Path, opts: dict, attrs: dict) -> dict:
         "achieved_mpp": attrs["achieved_mpp"],
         "level0_width": attrs["level0_width"],
         "level0_height": attrs["level0_height"],
+        "mask_mpp": math.nan,
         "tissue_area_mm2": 0.0,
         "n_patches": 0,
         "n_flagged_pen": 0,
@@ -412,13 +507,17 @@ def _analyse(reader: SlideReader, slide_id: str, mpp_override: float | None, opt
     if len(kept) == 0:
         status, reason = "no_tissue", _no_tissue_reason(slide_id, width, height, geometry, tissue_mm2, opts)
     qc = {
+        "mask_mpp": round(math.sqrt(thumbnail.mpp_x * thumbnail.mpp_y), 4),
         "tissue_area_mm2": round(tissue_mm2, 4),
         "n_patches": int(len(kept)),
         "n_flagged_pen": int(flags.pen.sum()),
         "n_flagged_blur": int(flags.blur.sum()),
         "n_flagged_background": int(flags.background.sum()),
     }
-    title = f"{slide_id}: {status}, {len(kept)} patches, {mpp.mpp:.3f} um/px ({mpp.source}), level {geometry.level}"
+    title = (
+        f"{slide_id}: {status}, {len(kept)} patches, {mpp.mpp:.3f} um/px ({mpp.source}), level {geometry.level}, "
+        f"mask at {qc['mask_mpp']:.3g} um/px"
+    )
     picture = draw_qc_picture(thumbnail, mask, boxes.subset(keep), flags.any, title, int(opts["qc_png_max_px"]))
     return TilingResult(status, reason, kept, attrs, qc, picture)
 
@@ -482,12 +581,21 @@ def undefined_notes(qc: dict) -> dict[str, str]:
 
 
 def _bgr_fitting(rgb: np.ndarray, max_px: int, min_px: int = 800) -> tuple[np.ndarray, float]:
-    """BGR copy scaled so its longer side lies in [min_px, max_px], and the scale factor."""
+    """BGR copy scaled so its longer side lies in [min_px, max_px], and the scale factor.
+
+    A large reduction averages whole blocks of pixels first (OpenCV's fast integer-factor path),
+    then resamples the rest (less than 2x) linearly: 4-8x faster than one area resampling by a
+    non-integer factor (20 vs 90 ms for the 3750 x 2812 thumbnail of the 40x bench slide, same run);
+    the picture looks the same.
+    """
     longest = max(rgb.shape[:2])
     factor = min(max_px / longest, max(1.0, min_px / longest))
     size = (max(1, round(rgb.shape[1] * factor)), max(1, round(rgb.shape[0] * factor)))
-    interpolation = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
-    return cv2.cvtColor(cv2.resize(rgb, size, interpolation=interpolation), cv2.COLOR_RGB2BGR), factor
+    step = int(1 / factor) if factor < 1 else 1
+    if step >= 2 and min(rgb.shape[:2]) >= 2 * step:
+        height, width = rgb.shape[0] // step, rgb.shape[1] // step
+        rgb = cv2.resize(rgb[: height * step, : width * step], (width, height), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR), cv2.COLOR_RGB2BGR), factor
 
 
 def _header(width: int, lines: list[str]) -> np.ndarray:
@@ -519,10 +627,13 @@ def draw_qc_picture(
     mask_big = cv2.resize(mask, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
     contours, _ = cv2.findContours(mask_big, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(image, contours, -1, (0, 160, 0), 2)
-    corners = np.stack([kept.x0, kept.y0, kept.x1, kept.y1], axis=1) * factor
-    for (x0, y0, x1, y1), is_flagged in zip(corners.round().astype(int), flagged):
-        colour = (0, 0, 255) if is_flagged else (200, 80, 0)
-        cv2.rectangle(image, (x0, y0), (x1 - 1, y1 - 1), colour, 1)
+    x0, y0, x1, y1 = (np.round(edge * factor).astype(np.int32) for edge in (kept.x0, kept.y0, kept.x1, kept.y1))
+    x1, y1 = x1 - 1, y1 - 1
+    outlines = np.stack([np.stack(corner, axis=1) for corner in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))], axis=1)
+    flagged = np.asarray(flagged, bool)
+    for selected, colour in ((~flagged, (200, 80, 0)), (flagged, (0, 0, 255))):  # flagged drawn on top
+        if selected.any():  # one call for all rectangles: what cv2.rectangle draws, without a Python loop
+            cv2.polylines(image, list(outlines[selected]), True, colour, 1)
     legend = "green: tissue contour, blue: kept patch, red: kept but flagged (pen/blur/background)"
     return _stack(_header(image.shape[1], [title, legend]), image)
 
