@@ -218,4 +218,4 @@ def test_a_reference_model_that_is_not_trained_stops_the_dry_run(tmp_path):
     result = run([SNAKEMAKE, "-n", "--configfile", "config/config.yaml", str(overlay)], REPO)
     output = result.stdout + result.stderr
     assert result.returncode == 1 and "Traceback" not in output
-    assert "report.reference_model: 'ghanet' is not one of training.models ['abmil', 'snn']" in output
+    assert "report.reference_model: 'ghanet' is not trained in any cohort (models: ['abmil', 'snn'])" in output

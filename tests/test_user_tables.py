@@ -274,7 +274,7 @@ def test_a_user_config_without_slides_dir_or_table_is_told_the_key(tmp_path):
     config = demo_config()
     config["slides"] = {"table": None}
     user = write_yaml(tmp_path / "my_cohort.yaml", config)
-    assert_clean_error(dry_run(user), ["config key slides.dir is empty", "training.models is ['ghanet']", "my_cohort.yaml"])
+    assert_clean_error(dry_run(user), ["config key slides.dir is empty", "training.models is ['ghanet', 'abmil',", "my_cohort.yaml"])
 
 
 def test_a_bad_config_value_is_one_named_line(tmp_path):

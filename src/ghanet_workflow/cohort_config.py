@@ -101,14 +101,15 @@ def _cohort(name: str, settings: Mapping, config: Mapping, shared_models: tuple,
     slides = settings.get("slides") or {}
     has_slides = bool(slides.get("dir") or slides.get("table"))
     models = tuple(settings.get("models") or ())
-    if not models:  # the shared list; a cohort without slides keeps the models that need none
+    needing = [m for m in shared_models if m not in MODELS_WITHOUT_SLIDES]
+    if not key and not has_slides and needing:  # the one cohort of the run: training.models is its own list
+        raise InputError(
+            "config key slides.dir is empty (and slides.table): give the folder of the slide files "
+            f"(named by the clinical table's slide_id), or, for a cohort without slides, set training.models "
+            f"to models that need none ({list(MODELS_WITHOUT_SLIDES)}); training.models is {list(shared_models)}"
+        )
+    if not models:  # the shared list; a listed cohort without slides keeps the models that need none
         models = shared_models if has_slides else tuple(m for m in shared_models if m in MODELS_WITHOUT_SLIDES)
-        if not models and not key:
-            raise InputError(
-                "config key slides.dir is empty (and slides.table): give the folder of the slide files "
-                f"(named by the clinical table's slide_id), or, for a cohort without slides, set training.models "
-                f"to models that need none ({list(MODELS_WITHOUT_SLIDES)}); training.models is {list(shared_models)}"
-            )
         if not models:
             raise InputError(
                 f"cohort {name!r} has no slides ({key}.slides is empty) and training.models "

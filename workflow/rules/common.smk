@@ -137,7 +137,12 @@ import sys
 
 from ghanet_workflow import slide_files, slide_table
 from ghanet_workflow import memory as memory_estimate
-from ghanet_workflow.cohort_config import CPU_MODELS, MODELS_WITHOUT_SLIDES, check_reference_model, run_cohorts
+from ghanet_workflow.cohort_config import (
+    CPU_MODELS,
+    MODELS_WITHOUT_SLIDES,
+    check_reference_model,
+    run_cohorts,
+)
 from ghanet_workflow.errors import InputError
 from ghanet_workflow.slide_set import SlideSet, by_cohort
 from ghanet_workflow.report import partial as partial_report
@@ -405,10 +410,13 @@ def feature_store_index(wildcards):
 
 def mem_mb_training(wildcards, attempt):
     """Training memory: estimated from the cohort's feature store once it is packed (largest bag and
-    model size, ghanet_workflow.memory), else resources.train_mem_mb; doubled on each retry (OOM kills)."""
+    model size, ghanet_workflow.memory), else resources.train_mem_mb; doubled on each retry (OOM kills).
+    """
     cohort_dir = f"{COHORTS[wildcards.cohort].results}/cohort"
     reads_slides = wildcards.model not in MODELS_WITHOUT_SLIDES
-    estimate = memory_estimate.training_mem_mb_from_files(cohort_dir, config["training"], reads_slides)
+    estimate = memory_estimate.training_mem_mb_from_files(
+        cohort_dir, config["training"], reads_slides
+    )
     return int(estimate or config["resources"]["train_mem_mb"]) * 2 ** (attempt - 1)
 
 
@@ -419,9 +427,14 @@ def runtime_training(wildcards, attempt):
 
 def mem_mb_features(wildcards, input, attempt):
     """Extraction memory: estimated from the chunk's largest slide (its coords file) and the encoder
-    once tiled (ghanet_workflow.memory), else resources.features_mem_mb; doubled on each retry."""
+    once tiled (ghanet_workflow.memory), else resources.features_mem_mb; doubled on each retry.
+    """
     coords = getattr(input, "coords", None)
-    estimate = memory_estimate.extraction_mem_mb_from_files(coords, config["features"]) if coords else None
+    estimate = (
+        memory_estimate.extraction_mem_mb_from_files(coords, config["features"])
+        if coords
+        else None
+    )
     return int(estimate or config["resources"]["features_mem_mb"]) * 2 ** (attempt - 1)
 
 

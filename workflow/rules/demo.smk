@@ -6,6 +6,7 @@
 rule demo_slide:
     input:
         clinical=lambda wildcards: DEMO_CLINICAL[wildcards.demo_slide],
+        signatures=config["signatures"],
         low_risk=DEMO_SOURCES["low_risk"],
         high_risk=DEMO_SOURCES["high_risk"],
     output:
@@ -20,5 +21,5 @@ rule demo_slide:
         options=options("demo"),
     shell:
         "exec python -m ghanet_workflow.cli demo-slide --slide-id {wildcards.demo_slide:q} --clinical {input.clinical:q}"
-        " --low-risk-slide {input.low_risk:q} --high-risk-slide {input.high_risk:q}"
+        " --low-risk-slide {input.low_risk:q} --high-risk-slide {input.high_risk:q} --signatures {input.signatures:q}"
         " --out {output:q} --options {params.options:q} > {log:q} 2>&1"
