@@ -355,8 +355,9 @@ def test_reconstruction_table_averages_folds_and_names_top_genes(tmp_path):
         paths.append(fold_dir / "reconstruction.csv")
     paths.append(tmp_path / "models" / "ghanet" / "fold_2" / "reconstruction.csv")  # missing on disk
     table = reconstruction.write_reconstruction_report(
-        paths, tmp_path / "r.md", tmp_path / "r.csv", options={"top_genes": 2}
+        paths, tmp_path / "r.md", tmp_path / "r.csv", options={"top_genes": 2}, out_png=tmp_path / "r.png"
     )
+    assert mpimg.imread(tmp_path / "r.png").shape[1] > 300  # the group-score figure
     row = table.set_index("group").loc["Tumor Suppression"]
     assert row["mean_r"] == pytest.approx(0.4) and row["std_r"] == pytest.approx(np.std([0.3, 0.5], ddof=1))
     assert row["top_genes"] == "TP53_mut (0.600), PTEN_rnaseq (0.400)"

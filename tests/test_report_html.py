@@ -48,6 +48,8 @@ REGISTERED = {
     "km.png": "Survival",
     "cindex_strip.png": "Survival",
     "reconstruction.html": "Genomic reconstruction",
+    "reconstruction.png": "Genomic reconstruction",
+    "paper_table.html": "Survival",
     "attention_heatmaps.png": "Interpretability",
     "training_curves.png": "Training",
     "failed_slides.html": "Slides",

@@ -187,6 +187,39 @@ def plot_cindex_strip(
     return save_figure(fig, out_path, formats)
 
 
+def plot_reconstruction(table: pd.DataFrame, out_path: str | Path, formats: Iterable[str] = ("png",)) -> list[Path]:
+    """Group-score r per signature group (mean ± std over folds), one bar per model with reconstruction.
+
+    ``table``: the report's reconstruction.csv (model, group, group_r, group_r_std, ...); groups in
+    the table's order, the best group of each model marked. Without a row, a figure saying so.
+    """
+    groups = list(dict.fromkeys(table["group"])) if len(table) else []
+    models = list(dict.fromkeys(table["model"])) if len(table) else []
+    fig = Figure(figsize=(6.4, 1.2 + 0.45 * max(len(groups), 1) * max(len(models), 1)), layout="constrained")
+    ax = fig.add_subplot()
+    if not groups:
+        ax.text(0.5, 0.5, "no model with gene reconstruction", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return save_figure(fig, out_path, formats)
+    height = 0.8 / len(models)
+    for i, model in enumerate(models):
+        rows = table[table["model"] == model].set_index("group").reindex(groups)
+        y = np.arange(len(groups)) + (i - (len(models) - 1) / 2) * height
+        values = rows["group_r"].astype(float).to_numpy()
+        spread = np.nan_to_num(rows["group_r_std"].astype(float).to_numpy())
+        ax.barh(y, values, height=height * 0.9, xerr=spread, label=model, capsize=2)
+        if np.isfinite(values).any():
+            best = int(np.nanargmax(values))
+            ax.annotate("best", (values[best] + spread[best], y[best]), xytext=(4, 0), textcoords="offset points",
+                        fontsize="x-small", va="center")
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_yticks(np.arange(len(groups)), groups)
+    ax.invert_yaxis()
+    ax.set(xlabel="group-score Pearson r, test patients (mean ± std over folds)", xlim=(-1, 1))
+    ax.legend(fontsize="small", frameon=False, loc="lower right")
+    return save_figure(fig, out_path, formats)
+
+
 def plot_training_curves(
     logs: Mapping[str, Mapping[int, pd.DataFrame]],
     out_path: str | Path,

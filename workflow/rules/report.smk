@@ -185,6 +185,13 @@ rule report_reconstruction:
             labels={"result": "Pearson r per signature group"},
         ),
         csv=f"{RESULTS}/report/reconstruction.csv",
+        png=report(
+            f"{RESULTS}/report/reconstruction.png",
+            caption="../report/reconstruction.rst",
+            category="Genomic reconstruction",
+            subcategory="{cohort}",
+            labels={"result": "group-score r per signature group (figure)"},
+        ),
     log:
         f"{LOGS}/report/reconstruction.log",
     conda:

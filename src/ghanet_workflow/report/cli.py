@@ -166,8 +166,9 @@ def run_cohort_products(args: argparse.Namespace, products: tuple[str, ...]) -> 
             default_model=args.model,
             options=options,
             out_html=out_dir / "reconstruction.html",
+            out_png=out_dir / "reconstruction.png",
         )
-        written += [out_dir / f"reconstruction.{ext}" for ext in ("md", "html", "csv")]
+        written += [out_dir / f"reconstruction.{ext}" for ext in ("md", "html", "csv", "png")]
     if "attention" in products and given["attention"]:
         written += attention.write_attention_figure(
             given["attention"], out_dir / "attention_heatmaps.png", options, slides, args.model

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
+from .. import plots
 from ..atomic import write_csv, write_text
 from ..errors import InputError
 from .inputs import expected_folds, index_fold_files, models_in, read_csv
@@ -34,8 +35,12 @@ def write_reconstruction_report(
     default_model: str = "ghanet",
     options: Mapping | None = None,
     out_html: str | Path | None = None,
+    out_png: str | Path | None = None,
 ) -> pd.DataFrame:
     """Genomic reconstruction per signature group: mean Pearson r on the test folds and the top genes.
+
+    ``out_png``: the figure of the group-score r per group and model (``plots.plot_reconstruction``;
+    the other formats of ``options['formats']`` beside it).
 
     Each ``reconstruction.csv`` (group, gene, pearson_r) is one fold; the group's r is the mean over
     its genes per fold, then mean ± std over folds. A missing file is listed, not an error; a model
@@ -71,6 +76,8 @@ def write_reconstruction_report(
         else pd.DataFrame(columns=["model", *RECONSTRUCTION_TABLE])
     )
     write_csv(out_csv, table)
+    if out_png is not None:
+        plots.plot_reconstruction(table, out_png, options["formats"])
     return table
 
 
