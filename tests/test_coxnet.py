@@ -147,3 +147,21 @@ def test_a_slide_model_on_the_genomic_only_cohort_is_refused_by_name(ucec, tmp_p
     with pytest.raises(InputError, match=r"genomic-only cohort .* model 'ghanet' reads slide features; "
                                          r"train only \['coxnet', 'snn'\]"):
         fold.train_fold(cohort_dir, splits_dir / "fold_0.csv", "ghanet", tmp_path)
+
+
+def test_a_weak_penalty_that_overflows_alone_is_refit_along_the_path(ucec, tmp_path, caplog):
+    """Every gene kept (genomics.select_genes: false), fold 4's chosen penalty overflows scikit-survival's
+    solver when fit from zero (ArithmeticError); the refit follows the path down to it and predicts
+    at that penalty, as a fit that does not overflow would."""
+    cohort_dir, splits_dir = ucec
+    options = json.dumps({"genomics": {"select_genes": False}})
+    assert fold.main(["--model", "coxnet", "--cohort-dir", str(cohort_dir), "--fold-csv", str(splits_dir / "fold_4.csv"),
+                      "--out-dir", str(tmp_path), "--options", options]) == 0
+    assert "refitting along the path down to it" in caplog.text  # the overflow happened, and was handled
+    info = json.loads((tmp_path / "train_info.json").read_text())
+    log = pd.read_csv(tmp_path / "training_log.csv")
+    assert info["alpha"] == pytest.approx(log["alpha"].iloc[info["selected_epoch"] - 1])
+    predictions = pd.read_csv(tmp_path / "predictions.csv")
+    assert predictions["risk"].notna().all() and predictions["risk"].std() > 0
+    model, _ = load_fold_model(tmp_path, slides_only=False)  # model.pt: the coefficients at the chosen penalty
+    assert int(np.count_nonzero(model.coef.numpy())) == info["n_nonzero"]

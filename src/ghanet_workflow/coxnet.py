@@ -55,6 +55,10 @@ L1_RATIO = 0.5
 N_ALPHAS = 30
 #: smallest penalty of the path as a share of the largest
 ALPHA_MIN_RATIO = 0.01
+#: shorter paths tried in turn when the solver overflows on the weakest penalties (ArithmeticError
+#: "weights are too large", seen with thousands of genes, genomics.select_genes: false): the path
+#: then stops at a stronger penalty; the training log shows the penalties it holds
+FALLBACK_ALPHA_MIN_RATIOS = (0.05, 0.1, 0.2, 0.5)
 LOG_COLUMNS = ["epoch", "alpha", "n_nonzero", "val_cindex"]
 
 
@@ -74,8 +78,19 @@ class CoxnetFit:
         return design_columns(self.preprocessing)
 
     @property
+    def coef(self) -> np.ndarray:
+        """Coefficients at the chosen penalty (the model's last: a single penalty, or a path ending there)."""
+        return self.model.coef_[:, -1]
+
+    @property
     def n_nonzero(self) -> int:
-        return int(np.count_nonzero(self.model.coef_[:, 0]))
+        return int(np.count_nonzero(self.coef))
+
+    def risk(self, x: np.ndarray) -> np.ndarray:
+        return self.model.predict(x, alpha=self.alpha)
+
+    def survival_functions(self, x: np.ndarray):
+        return self.model.predict_survival_function(x, alpha=self.alpha)
 
 
 def design_columns(prep: FoldPreprocessing) -> list[str]:
@@ -96,10 +111,20 @@ def outcome(patients: pd.DataFrame) -> np.ndarray:
 
 def alpha_path(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, val: pd.DataFrame) -> pd.DataFrame:
     """The penalty path fit on the train split, each penalty scored by Harrell's C on the inner val split."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        path = CoxnetSurvivalAnalysis(l1_ratio=L1_RATIO, alpha_min_ratio=ALPHA_MIN_RATIO, n_alphas=N_ALPHAS)
-        path.fit(x_train, y_train)
+    for ratio in (ALPHA_MIN_RATIO, *FALLBACK_ALPHA_MIN_RATIOS):
+        path = CoxnetSurvivalAnalysis(l1_ratio=L1_RATIO, alpha_min_ratio=ratio, n_alphas=N_ALPHAS)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                path.fit(x_train, y_train)
+            break
+        except ArithmeticError as error:
+            log.warning("coxnet: the penalty path down to %s x the largest failed (%s); trying a shorter one", ratio, error)
+    else:
+        raise InputError(
+            "coxnet: scikit-survival's solver overflowed on every penalty path tried (down to "
+            f"{FALLBACK_ALPHA_MIN_RATIOS[-1]} x the largest penalty); keep fewer genes (genomics.select_genes: true)"
+        )
     event, time = (val["censorship"] == 0).to_numpy(), val["survival_months"].to_numpy()
     return pd.DataFrame(
         {
@@ -149,10 +174,15 @@ def fit_fold(
     )
     row = choose_alpha(path_log)
     alpha = float(path_log["alpha"].iloc[row])
+    x, y = design(prep, genomics.loc[training]), outcome(patients.loc[training])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        model = CoxnetSurvivalAnalysis(l1_ratio=L1_RATIO, alphas=[alpha], fit_baseline_model=True)
-        model.fit(design(prep, genomics.loc[training]), outcome(patients.loc[training]))
+        try:
+            model = CoxnetSurvivalAnalysis(l1_ratio=L1_RATIO, alphas=[alpha], fit_baseline_model=True).fit(x, y)
+        except ArithmeticError:  # a weak penalty fit from zero overflows: follow the path down to it
+            log.warning("coxnet: refit at penalty %.4g alone overflowed; refitting along the path down to it", alpha)
+            path = path_log["alpha"].to_numpy(dtype=float)[: row + 1]
+            model = CoxnetSurvivalAnalysis(l1_ratio=L1_RATIO, alphas=path, fit_baseline_model=True).fit(x, y)
     horizon = float(patients.loc[training, "survival_months"].max())
     return CoxnetFit(prep, model, alpha, row + 1, path_log, horizon)
 
@@ -172,9 +202,9 @@ def predictions(fit: CoxnetFit, patients: pd.DataFrame, genomics: pd.DataFrame, 
         "case_id": case_ids,
         "time": rows["survival_months"].to_numpy(dtype=float),
         "event": (rows["censorship"] == 0).astype(int).to_numpy(),
-        "risk": fit.model.predict(x),
+        "risk": fit.risk(x),
     })
-    surv = np.array([curve(np.clip(ends, curve.x[0], curve.x[-1])) for curve in fit.model.predict_survival_function(x)])
+    surv = np.array([curve(np.clip(ends, curve.x[0], curve.x[-1])) for curve in fit.survival_functions(x)])
     for j in range(len(ends)):
         frame[f"surv_{j}"] = surv[:, j]
     return frame
@@ -185,13 +215,13 @@ def torch_model(fit: CoxnetFit) -> tuple[CoxnetModel, dict]:
     selected = fit.preprocessing.selected_columns()
     config = {"group_sizes": [len(members) for members in selected.values()], "n_bins": fit.preprocessing.n_bins}
     model = CoxnetModel(**config)
-    coef = dict(zip(fit.columns, fit.model.coef_[:, 0]))
+    coef = dict(zip(fit.columns, fit.coef))
     concatenated = [c for members in selected.values() for c in members]
     first = {column: concatenated.index(column) for column in coef}
     values = np.zeros(len(concatenated))
     for column, weight in coef.items():
         values[first[column]] = weight
-    baseline = fit.model.predict_survival_function(np.zeros((1, len(fit.columns))))[0]
+    baseline = fit.survival_functions(np.zeros((1, len(fit.columns))))[0]
     ends = bin_ends(fit)
     with torch.no_grad():
         model.coef.copy_(torch.from_numpy(values))
