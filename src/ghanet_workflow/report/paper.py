@@ -42,11 +42,15 @@ def paper_cells(cindex_tables: Sequence[pd.DataFrame], metric: str, ddof: int) -
 
 
 def overall_cells(cells: pd.DataFrame) -> pd.DataFrame:
-    """Per model: the mean over cohorts of the per-cohort means (no std)."""
+    """Per model: the mean over cohorts of the per-cohort means (no std); only for a model that has a
+    cell in every cohort (a genomic-only cohort's models beside slide models would otherwise be
+    averaged over other cohorts than the rest)."""
     overall = cells.groupby("model", sort=False).agg(
-        mean=("mean", "mean"), n_folds_ok=("n_folds_ok", "sum"), n_folds=("n_folds", "sum")
+        mean=("mean", "mean"), n_folds_ok=("n_folds_ok", "sum"), n_folds=("n_folds", "sum"),
+        n_cohorts=("cohort", "nunique"),
     )
-    return overall.reset_index().assign(cohort="Overall", std=np.nan)
+    overall.loc[overall["n_cohorts"] < cells["cohort"].nunique(), "mean"] = np.nan
+    return overall.drop(columns="n_cohorts").reset_index().assign(cohort="Overall", std=np.nan)
 
 
 #: cindex.csv metrics for which lower is better (the integrated Brier score)
@@ -138,7 +142,7 @@ def write_paper_table(
     lower = metric in LOWER_IS_BETTER
     note = (
         f"Cells: mean ± std of {metric} over folds ({std_name(ddof)}); "
-        "Overall: mean over cohorts of the per-cohort means. "
+        "Overall: mean over cohorts of the per-cohort means (— for a model not run on every cohort). "
         f"Bold: best per column ({'lowest' if lower else 'highest'}). "
         "† not every fold completed (see each cohort's cindex.md)."
     )
