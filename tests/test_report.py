@@ -598,3 +598,18 @@ def test_the_paper_table_of_the_ibs_bolds_the_lowest_error(cohort_run, tmp_path)
     abmil = next(line for line in md.splitlines() if line.startswith("| abmil"))
     ghanet = next(line for line in md.splitlines() if line.startswith("| ghanet"))
     assert "**" in abmil and "**" not in ghanet and "Bold: best per column (lowest)" in md
+
+
+def test_the_overall_mean_is_left_out_for_a_model_missing_a_cohort():
+    cells = pd.DataFrame(
+        {
+            "model": ["ghanet", "ghanet", "coxnet"],
+            "cohort": ["blca", "ucec", "ucec"],  # coxnet only on the genomic-only cohort
+            "mean": [0.7, 0.6, 0.62],
+            "std": [0.1, 0.1, 0.05],
+            "n_folds_ok": [5, 5, 5],
+            "n_folds": [5, 5, 5],
+        }
+    )
+    overall = paper.overall_cells(cells).set_index("model")
+    assert overall.loc["ghanet", "mean"] == pytest.approx(0.65) and np.isnan(overall.loc["coxnet", "mean"])
