@@ -60,23 +60,25 @@ NOT_COPIED = {"results", "logs", ".snakemake", ".git", ".venv", ".pytest_cache",
 #: workflow commands (`python -m ghanet_workflow.cli <subcommand>`) of the demo run, with the
 #: demo's 40 synthetic slides, 43 slide files + unreadable.svs, 3 feature chunks and 5 folds
 EXPECTED_COMMANDS = {
-    **{"demo-slide": 40, "tile": 44, "extract": 3, "cohort": 1, "splits": 1},
+    **{"demo-slide": 40, "tile": 44, "extract": 3, "cohort": 1, "pack-features": 1, "splits": 1},
     **{"train": 5, "evaluate": 5, "interpret": 5, "report": 8},
 }
 GPU_COMMANDS = {"extract", "train"}
 FOLD_REPORT_PRODUCTS = ("cindex", "comparison", "training_curves", "reconstruction", "attention")  # those that read the folds
 REPORT_PRODUCTS = (*FOLD_REPORT_PRODUCTS, "failed_slides", "qc_sheet")
-#: the sbatch comment of each SLURM job the run submits: tiling in 2 group jobs (44 slides, up to
-#: 30 per group job), extraction in 3 chunks of 16 slides, three jobs per fold (train on a GPU,
-#: evaluate and interpret on CPUs), one job per report product
+#: the sbatch comment of each SLURM job the run submits ("rule_<rule>_wildcards_<values>", the
+#: cohort first): tiling in 2 group jobs (44 slides, up to 30 per group job), extraction in 3 chunks
+#: of 16 slides, the cohort's table and its feature store, three jobs per fold (train on a GPU,
+#: evaluate and interpret on CPUs), one job per report product, the run's paper table
 EXPECTED_JOBS = Counter(
     {
         "rule_tiles_demo_slide_tile_slide": 2,
-        **{f"rule_extract_features_wildcards_efficientnet_lite0_chunk{i:04d}": 1 for i in range(3)},
-        "rule_build_cohort": 1,
-        "rule_make_splits": 1,
-        **{f"rule_{rule}_wildcards_{MODEL}_{fold}": 1 for fold in FOLDS for rule in FOLD_RULES},
-        **{f"rule_report_{product}": 1 for product in REPORT_PRODUCTS},
+        **{f"rule_extract_features_wildcards_{COHORT}_efficientnet_lite0_chunk{i:04d}": 1 for i in range(3)},
+        f"rule_build_cohort_wildcards_{COHORT}": 1,
+        f"rule_pack_features_wildcards_{COHORT}": 1,
+        f"rule_make_splits_wildcards_{COHORT}": 1,
+        **{f"rule_{rule}_wildcards_{COHORT}_{MODEL}_{fold}": 1 for fold in FOLDS for rule in FOLD_RULES},
+        **{f"rule_report_{product}_wildcards_{COHORT}": 1 for product in REPORT_PRODUCTS},
         "rule_paper_table": 1,
     }
 )
@@ -184,7 +186,7 @@ def fold_dir(workdir: Path, fold: int) -> Path:
 
 
 def job_of_fold(jobs: list[SlurmJob], fold: int) -> SlurmJob:
-    (job,) = [job for job in jobs if job.comment == f"rule_train_fold_wildcards_{MODEL}_{fold}"]
+    (job,) = [job for job in jobs if job.comment == f"rule_train_fold_wildcards_{COHORT}_{MODEL}_{fold}"]
     return job
 
 
@@ -318,7 +320,7 @@ def test_cancelled_fold_resumes_from_its_checkpoint_and_ends_as_the_uninterrupte
     # Plugin 2.8.0 waits forever on a job cancelled by scancel when it asks sacct (profiles/slurm/README.md).
     args = demo_args(slurm_cluster, "--slurm-status-command", "squeue")
     killed_fold = fold_dir(workdir, KILLED_FOLD)
-    comment = f"rule_train_fold_wildcards_{MODEL}_{KILLED_FOLD}"
+    comment = f"rule_train_fold_wildcards_{COHORT}_{MODEL}_{KILLED_FOLD}"
 
     process = launch_snakemake(workdir, args, timeout_s=900, log_name="killed.out")
     job_id = wait_for_epochs(killed_fold / "training_log.csv", comment, epochs=2, process=process)
@@ -329,7 +331,7 @@ def test_cancelled_fold_resumes_from_its_checkpoint_and_ends_as_the_uninterrupte
     cancelled = {job.comment: job for job in sacct_jobs(killed.run_id)}
     assert cancelled[comment].state.startswith("CANCELLED"), cancelled
     # keep-going: the other fold of that run finished, retrained from scratch to the same result.
-    assert cancelled[f"rule_train_fold_wildcards_{MODEL}_{RETRAINED_FOLD}"].state == "COMPLETED", cancelled
+    assert cancelled[f"rule_train_fold_wildcards_{COHORT}_{MODEL}_{RETRAINED_FOLD}"].state == "COMPLETED", cancelled
     assert_same_predictions(
         fold_dir(workdir, RETRAINED_FOLD) / "predictions.csv",
         fold_dir(demo_run.workdir, RETRAINED_FOLD) / "predictions.csv",
@@ -345,8 +347,8 @@ def test_cancelled_fold_resumes_from_its_checkpoint_and_ends_as_the_uninterrupte
 
     assert rerun.returncode == 0, rerun.output[-5000:]
     assert {job.comment for job in sacct_jobs(rerun.run_id)} == {
-        *(f"rule_{rule}_wildcards_{MODEL}_{KILLED_FOLD}" for rule in FOLD_RULES),
-        *(f"rule_report_{product}" for product in FOLD_REPORT_PRODUCTS),  # the slides products ran in the killed run
+        *(f"rule_{rule}_wildcards_{COHORT}_{MODEL}_{KILLED_FOLD}" for rule in FOLD_RULES),
+        *(f"rule_report_{product}_wildcards_{COHORT}" for product in FOLD_REPORT_PRODUCTS),  # the slides products ran in the killed run
         "rule_paper_table",
     }
     train_log = (workdir / "logs" / COHORT / "train_fold" / f"{MODEL}_fold_{KILLED_FOLD}.log").read_text()
