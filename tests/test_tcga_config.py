@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 sys.path.insert(0, str(REPO / "bench"))
 import bench_genomic_baselines as bench  # noqa: E402
 
-from ghanet_workflow import splits  # noqa: E402
+from ghanet_workflow import splits, train  # noqa: E402
 
 COHORTS = ("blca", "ucec")
 EPOCHS = 2  # the SNN on both sides (the config's 20 give the README table)
@@ -46,7 +46,7 @@ def test_the_workflow_and_the_bench_give_the_same_folds(tcga_run, cohort):
     folds = splits.make_splits(patients, k=5, published_dir=REPO / "data" / "tcga" / "splits" / f"tcga_{cohort}")
     cox = [bench.run_cox_fold(patients, genomics, groups, frame, bootstrap=0)[0]["cindex"] for frame in folds]
     assert workflow_cindex(tcga_run, cohort, "coxnet") == pytest.approx(cox, abs=1e-12)
-    training = {"epochs": EPOCHS}
+    training = train.resolve_options({"epochs": EPOCHS})  # the workflow's training defaults, 2 epochs
     snn = [bench.run_snn_fold(patients, genomics, groups, frame, 0, training)[0]["cindex"] for frame in folds]
     assert workflow_cindex(tcga_run, cohort, "snn") == pytest.approx(snn, abs=1e-9)
 
