@@ -148,9 +148,6 @@ from ghanet_workflow.slide_set import SlideSet, by_cohort
 from ghanet_workflow.report import partial as partial_report
 from ghanet_workflow.report.options import product_options
 
-# Wildcard-safe key of a slide: its id without the file extension (the one every stage uses).
-from ghanet_workflow.slides import slide_key
-
 
 def stop(error):
     """A bad table or setting: the workflow's own message on one line and exit status 1, no stack."""
@@ -368,10 +365,6 @@ def run_comparison():
     if len(COHORT_NAMES) == 1:
         return f"results/{COHORT_NAMES[0]}/report/comparison.csv"
     return rules.report_comparison_all.output.csv
-
-
-# Written after a failed run, removed by the next complete C-index report (rule report_cindex).
-PARTIAL_REPORT = f"{RESULTS}/report_partial"
 
 
 def write_partial_report():
