@@ -64,3 +64,16 @@ def test_the_reference_model_must_be_trained_in_some_compared_cohort():
     check_reference_model(cohorts, "ghanet")  # tcga_ucec is left out of the comparison, and named there
     with pytest.raises(InputError, match="report.reference_model: 'abmil' is not trained in any cohort"):
         check_reference_model(cohorts, "abmil")
+
+
+def test_a_genomic_only_cohorts_table_is_checked_when_the_workflow_starts(tmp_path):
+    from ghanet_workflow.slide_table import cohort_slide_set
+
+    bad = tmp_path / "ucec.csv"
+    bad.write_text("case_id;slide_id;survival_months;censorship\nA;A.svs;3;0\n")  # semicolons, not MCAT
+    cohorts = run_cohorts({**SHARED, "cohorts": {"tcga_ucec": {**UCEC, "clinical": str(bad)}}})
+    with pytest.raises(InputError, match=r"cohorts.tcga_ucec.clinical.*semicolon-separated"):
+        cohort_slide_set(cohorts["tcga_ucec"], encoder="efficientnet_lite0", slides_per_job=16)
+    slides, warning = cohort_slide_set(run_cohorts({**SHARED, "cohorts": {"tcga_ucec": UCEC}})["tcga_ucec"],
+                                       encoder="efficientnet_lite0", slides_per_job=16)
+    assert slides.feature_files() == [] and warning == ""  # the real table: nothing to tile

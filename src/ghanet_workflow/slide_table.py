@@ -418,9 +418,10 @@ def cohort_slide_set(cohort, *, encoder: str, slides_per_job: int, external_dir=
     """
     from ghanet_workflow.slide_set import SlideSet
 
-    if not cohort.has_slides:
-        return SlideSet({}, [], cohort.results, encoder, slides_per_job), ""
     prefix = f"{cohort.key}." if cohort.key else ""
+    if not cohort.has_slides:  # its table is still checked now, not in its first job
+        read_clinical_ids(cohort.clinical, key=f"{prefix}clinical")
+        return SlideSet({}, [], cohort.results, encoder, slides_per_job), ""
     slides = load_slide_table(cohort.clinical, cohort.slides_dir, cohort.slides_table, produced_dir, prefix)
     external = find_external_features(external_dir, slides.index)
     check_some_slide_on_disk(slides, external, cohort.clinical, cohort.slides_dir, cohort.slides_table, prefix)
