@@ -77,3 +77,47 @@ def test_a_genomic_only_cohorts_table_is_checked_when_the_workflow_starts(tmp_pa
     slides, warning = cohort_slide_set(run_cohorts({**SHARED, "cohorts": {"tcga_ucec": UCEC}})["tcga_ucec"],
                                        encoder="efficientnet_lite0", slides_per_job=16)
     assert slides.feature_files() == [] and warning == ""  # the real table: nothing to tile
+
+
+FEATURES = {"encoder": "efficientnet_lite0", "weights": None, "weights_sha256": None, "external_dir": None}
+
+
+def encoders_config(encoders: dict, **extra) -> dict:
+    return {**SHARED, "features": {**FEATURES, "encoders": encoders}, **extra}
+
+
+def test_each_extra_encoder_trains_the_slide_models_under_model_labels():
+    config = encoders_config(
+        {"rn50": {"encoder": "resnet50_trunc", "weights": "w.pth"}, "uni": {"encoder": "uni2_h", "models": ["ghanet"]}},
+        training={"models": ["ghanet", "abmil", "snn"]},
+        cohorts={"demo_blca": DEMO, "tcga_ucec": UCEC},
+    )
+    encoders = cohort_config.run_encoders(config)
+    assert list(encoders) == ["efficientnet_lite0", "rn50", "uni"]  # the default first, by its registry name
+    assert encoders["rn50"].feature_options() == {"encoder": "resnet50_trunc", "weights": "w.pth", "weights_sha256": None}
+    demo, ucec = run_cohorts(config, encoders).values()
+    # the default encoder's models keep their names (a finished run's folders stay theirs)
+    assert demo.models == ("ghanet", "abmil", "snn", "ghanet@rn50", "abmil@rn50", "ghanet@uni")
+    assert demo.encoders == ("rn50", "uni")
+    assert ucec.models == ("snn",) and ucec.encoders == ()  # no slides: no encoder
+    assert cohort_config.split_model_label("abmil@rn50") == ("abmil", "rn50")
+    assert cohort_config.split_model_label("snn") == ("snn", None)
+    # one encoder: the same cohorts as without encoders
+    single = {**config, "features": FEATURES}
+    assert run_cohorts(single, cohort_config.run_encoders(single)) == run_cohorts(single)
+
+
+@pytest.mark.parametrize(
+    ("encoders", "extra", "message"),
+    [
+        ({"efficientnet_lite0": {"encoder": "uni2_h"}}, {}, r"features.encoders.efficientnet_lite0: .* is the default encoder"),
+        ({"uni": {"encoder": "uni2_h", "models": ["snn"]}}, {}, r"features.encoders.uni.models: \['snn'\] read no slide features"),
+        ({"a/b": {"encoder": "uni2_h"}}, {}, r"features.encoders.a/b: encoder label 'a/b' cannot name a results folder"),
+        ({"uni": {"encoder": "uni2_h"}}, {"external_dir": "clam"}, "features.encoders and features.external_dir are both set"),
+    ],
+)
+def test_encoder_mistakes_name_the_key(encoders, extra, message):
+    config = encoders_config(encoders)
+    config["features"].update(extra)
+    with pytest.raises(InputError, match=message):
+        cohort_config.run_encoders(config)

@@ -237,7 +237,7 @@ def test_a_failed_run_reports_each_missing_fold_with_the_error_from_its_training
     assert "fold 3 (training failed: ghanet-wf train: error: results/splits/fold_3.csv: the train split is empty" in md
     assert f"(log: {logs / 'ghanet_fold_3.log'})" in md
     assert "fold 0 (training failed: MemoryError" in md
-    assert f"fold 1 (metrics.json not found" not in md  # no files at all for abmil fold 1: no path to name
+    assert "fold 1 (metrics.json not found" not in md  # no files at all for abmil fold 1: no path to name
     table = pd.read_csv(results / "report" / "cindex.csv")
     abmil = table[(table["model"] == "abmil") & (table["kind"] == "fold")]
     assert len(abmil) == 5 and (abmil["status"] == "missing").all()
@@ -613,3 +613,44 @@ def test_the_overall_mean_is_left_out_for_a_model_missing_a_cohort():
     )
     overall = paper.overall_cells(cells).set_index("model")
     assert overall.loc["ghanet", "mean"] == pytest.approx(0.65) and np.isnan(overall.loc["coxnet", "mean"])
+
+
+def test_the_paper_table_of_several_encoders_has_an_encoder_column(tmp_path):
+    cindex_csvs = []
+    for cohort, seeds in (("blca", (1, 2, 3)), ("ucec", (4, 5, 6))):
+        results = tmp_path / cohort
+        for model, seed in zip(("ghanet", "abmil", "ghanet@uni"), seeds):
+            write_model_run(results, model, seed)
+        metrics = sorted(results.glob("models/*/fold_*/metrics.json"))
+        predictions = sorted(results.glob("models/*/fold_*/predictions.csv"))
+        cindex.write_cindex_report(
+            metrics, predictions, results / "c.md", results / "c.csv", cohort=cohort, folds=range(N_FOLDS)
+        )
+        cindex_csvs.append(results / "c.csv")
+    cells = paper.write_paper_table(
+        cindex_csvs, tmp_path / "p.md", tmp_path / "p.tex", tmp_path / "p.csv", default_encoder="efficientnet_lite0"
+    )
+    md = (tmp_path / "p.md").read_text().splitlines()
+    assert [h.strip() for h in md[0].split("|")[1:-1]] == ["Model", "Encoder", "blca", "ucec", "Overall"]
+    rows = [[c.strip() for c in line.split("|")[1:3]] for line in md[2:5]]
+    # rows in the order of cindex.csv (its models' folders, sorted)
+    assert rows == [["abmil", "efficientnet_lite0"], ["ghanet", "efficientnet_lite0"], ["ghanet", "uni"]]
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert list(table.columns[:3]) == ["model", "encoder", "cohort"]
+    uni = table.query("encoder == 'uni' and cohort == 'blca'")
+    folds = pd.read_csv(cindex_csvs[0]).query("kind == 'fold' and model == 'ghanet@uni' and status == 'ok'")
+    assert uni["model"].item() == "ghanet" and uni["mean"].item() == pytest.approx(folds["cindex_harrell"].mean())
+    assert cells is not None and "Model & Encoder & blca" in " ".join((tmp_path / "p.tex").read_text().split())
+
+
+def test_the_paper_table_of_one_encoder_has_no_encoder_column(tmp_path):
+    results = tmp_path / "blca"
+    for model, seed in (("ghanet", 1), ("abmil", 2)):
+        write_model_run(results, model, seed)
+    cindex.write_cindex_report(
+        sorted(results.glob("models/*/fold_*/metrics.json")), sorted(results.glob("models/*/fold_*/predictions.csv")),
+        results / "c.md", results / "c.csv", cohort="blca", folds=range(N_FOLDS),
+    )
+    paper.write_paper_table([results / "c.csv"], tmp_path / "p.md", tmp_path / "p.tex", tmp_path / "p.csv", default_encoder="x")
+    assert "Encoder" not in (tmp_path / "p.md").read_text()
+    assert "encoder" not in pd.read_csv(tmp_path / "p.csv").columns

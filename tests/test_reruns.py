@@ -213,3 +213,66 @@ def test_adding_a_cohort_adds_only_its_jobs_and_a_failed_fold_of_it_stops_nothin
     assert {"demo_blca", "tcga_ucec"} <= set(table["cohort"]) and "coxnet" in set(table["model"])
     comparison = (finished / "results" / "report" / "comparison.md").read_text()
     assert "Not compared, ghanet is not trained there: tcga_ucec." in comparison
+
+
+def random_lite0_checkpoint(path: Path) -> Path:
+    """A second, different checkpoint of the default architecture (random initialisation, seed 0):
+    the classic untrained-encoder baseline, and real other features at the demo's cost."""
+    import timm
+    import torch
+
+    from ghanet_workflow.encoders import get_spec
+
+    spec = get_spec("efficientnet_lite0")
+    torch.manual_seed(0)
+    model = timm.create_model(spec.architecture, pretrained=False, **dict(spec.timm_kwargs))
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_adding_an_encoder_adds_only_its_jobs_on_the_same_tiles_and_folds(finished):
+    """A second encoder beside the finished demo: its extraction, cohort table and G-HANet folds, on
+    the demo's tiles and splits; the paper table gains an Encoder column; nothing else reruns."""
+    import pandas as pd
+
+    weights = random_lite0_checkpoint(finished / "lite0_random.pth")
+    config = overlay(
+        finished,
+        f"features:\n  encoders:\n    lite0_random: {{encoder: efficientnet_lite0, weights: {weights}, models: [ghanet]}}\n",
+    )
+    jobs = planned(finished, *config, "--quiet", "rules")
+    fold_jobs = {"train_fold": 5, "evaluate_fold": 5, "interpret_fold": 5}
+    assert jobs == {
+        "extract_features": 3, "build_encoder_cohort": 1, "pack_encoder_features": 1, **fold_jobs, **FOLD_REPORT_JOBS,
+    }  # fmt: skip
+    results = finished / "results" / COHORT
+    before = {p: p.stat().st_mtime_ns for p in results.rglob("*") if p.is_file()}
+    made = run([SNAKEMAKE, "--cores", "2", *config], finished, timeout=1200)
+    assert made.returncode == 0, made.stderr[-3000:]
+    changed = {p.relative_to(results).parts[0] for p, t in before.items() if p.stat().st_mtime_ns != t}
+    assert changed <= {"report"}, changed  # tiles, default features, cohort table, models: untouched
+
+    # its features: the same patches as the default encoder's, other values
+    default_h5 = sorted((results / "features" / "efficientnet_lite0").glob("demo-*.h5"))[0]
+    with h5py.File(default_h5) as a, h5py.File(results / "features" / "lite0_random" / default_h5.name) as b:
+        assert (a["coords"][:] == b["coords"][:]).all() and a["features"].shape == b["features"].shape
+        assert not (a["features"][:] == b["features"][:]).all()
+    slides = pd.read_csv(results / "cohort@lite0_random" / "slides.csv")
+    assert slides.loc[slides["used"], "features_path"].str.contains("/features/lite0_random/").all()
+    # trained on the cohort's splits: the same test patients as the default G-HANet, fold by fold
+    for fold in range(5):
+        tests = [
+            set(pd.read_csv(results / "models" / model / f"fold_{fold}" / "predictions.csv").query("split == 'test'")["case_id"])
+            for model in ("ghanet", "ghanet@lite0_random")
+        ]
+        assert tests[0] == tests[1]
+    table = pd.read_csv(finished / "results" / "report" / "paper_table.csv")
+    rows = set(zip(table["model"], table["encoder"]))
+    assert {("ghanet", "efficientnet_lite0"), ("ghanet", "lite0_random"), ("snn", "efficientnet_lite0")} <= rows
+    assert "| Model " in (finished / "results" / "report" / "paper_table.md").read_text().splitlines()[0]
+    assert "Encoder" in (finished / "results" / "report" / "paper_table.md").read_text().splitlines()[0]
+    comparison = pd.read_csv(results / "report" / "comparison.csv")
+    assert "ghanet@lite0_random" in set(comparison["model"]) and set(comparison["reference"]) == {"ghanet"}
+    assert planned(finished, *config) == {}
+    # the encoder taken out again: its rows leave the tables, nothing trains
+    assert set(planned(finished, "--quiet", "rules")) <= set(FOLD_REPORT_JOBS)

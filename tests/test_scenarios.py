@@ -90,8 +90,18 @@ def two_cohorts(jobs: dict[str, int], output: str, demo: dict[str, int]) -> None
     assert jobs["report_failed_slides"] == jobs["report_qc_sheet"] == 1  # no slides products without slides
 
 
+def two_encoders(jobs: dict[str, int], output: str, demo: dict[str, int]) -> None:
+    # tiles once; each encoder's extraction chunks; the second one's cohort table and G-HANet folds
+    assert jobs["tile_slide"] == demo["tile_slide"] and jobs["extract_features"] == 2 * demo["extract_features"]
+    assert jobs["build_cohort"] == jobs["build_encoder_cohort"] == jobs["pack_encoder_features"] == 1
+    assert all(jobs[rule] == demo[rule] + 5 for rule in FOLD_RULES), jobs  # + ghanet@lite0_copy x 5 folds
+    assert "results/demo_blca/models/ghanet@lite0_copy/fold_4/model.pt" in output
+    assert "--cohort-dir results/demo_blca/cohort@lite0_copy" in output and "make_splits" in jobs
+    assert "results/demo_blca/features/lite0_copy/chunks/chunk0000.txt" in output
+
+
 EXPECTED: dict[str, Callable[[dict[str, int], str, dict[str, int]], None]] = {
-    check.__name__: check for check in (byo_features, predict, baselines, paper_table, minimal, run_settings, two_cohorts)
+    check.__name__: check for check in (byo_features, predict, baselines, paper_table, minimal, run_settings, two_cohorts, two_encoders)
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from ghanet_workflow.slide_set import SlideSet, chunk_keys
+from ghanet_workflow.slide_set import SlideSet, by_cohort, chunk_keys
 
 ROWS = {
     "b": {"path": "slides/b.svs", "slide_id": "b.svs", "mpp": float("nan")},
@@ -33,3 +33,17 @@ def test_input_functions_follow_the_slide_table_and_the_file_layout():
         "results/demo/features/resnet50_trunc/chunks/chunk0001.txt",
     ]
     assert slides.tile_qc_files()[2] == "results/demo/tiles/c.qc.json"
+
+
+def test_an_encoders_slide_set_shares_the_tiles_and_the_dispatcher_follows_the_encoder_wildcard():
+    default = SlideSet(ROWS, ["b", "a", "c"], "results/demo", "efficientnet_lite0", 2)
+    other = default.with_encoder("uni")
+    first = SimpleNamespace(chunk="chunk0000", cohort="demo")
+    assert other.chunks == default.chunks and other.chunk_coords(first) == default.chunk_coords(first)
+    assert other.chunk_feature_files(first) == ["results/demo/features/uni/a.h5", "results/demo/features/uni/b.h5"]
+    sets = {"demo": {"efficientnet_lite0": default, "uni": other}}
+    feature_files = by_cohort(sets, "chunk_feature_files", "efficientnet_lite0")
+    # a rule without an {encoder} wildcard (tile_slide, build_cohort) gets the default encoder's set
+    assert feature_files(first) == default.chunk_feature_files(first)
+    with_encoder = SimpleNamespace(chunk="chunk0000", cohort="demo", encoder="uni")
+    assert feature_files(with_encoder) == other.chunk_feature_files(first)

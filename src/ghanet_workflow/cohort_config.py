@@ -1,10 +1,19 @@
-"""The cohorts of a run, from the config: one :class:`CohortConfig` per name under ``cohorts:``.
+"""The cohorts and encoders of a run, from the config: one :class:`CohortConfig` per name under
+``cohorts:``, one :class:`EncoderChoice` per patch encoder.
 
 A run lists its cohorts by name (``cohorts: {tcga_blca: {clinical: ..., slides: ...}, ...}``);
 each has its own clinical table, slides (or none: a genomic-only cohort), published splits and
 filters, and may narrow the models it trains. Tiling, features, genomics, training and evaluation
 settings are shared. The older single-cohort form (``cohort:`` + ``clinical:`` + ``slides:`` +
 ``filters:`` at the top level) is read as a run of one cohort, with the same outputs as before.
+
+Encoders: ``features.encoder`` (with ``features.weights``) is the run's default encoder;
+``features.encoders: {label: {encoder, weights, weights_sha256, models}}`` adds more. Tiling is
+shared; each encoder has its features (``results/<cohort>/features/<label>/``, the default's label
+is its registry name), its cohort table (``results/<cohort>/cohort@<label>/``) and its models,
+which train on the cohort's one set of splits under the *model label* ``<model>@<label>``
+(``results/<cohort>/models/ghanet@uni/fold_<k>/``). The default encoder's models keep their plain
+names, so adding an encoder to a finished run adds jobs and reruns none.
 
 Read while Snakemake parses the workflow: the standard library only. Mistakes are InputErrors
 naming the config key and what to do.
@@ -14,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .errors import InputError
 
@@ -28,6 +37,85 @@ COHORT_SPLIT_KEYS = ("published_dir", "seed", "inner_val_fraction", "n_time_bins
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 #: names that would collide with the run-level folders under results/
 RESERVED_NAMES = ("report", "report_partial", "demo_slides")
+#: joins a model and the label of the encoder it reads: ``ghanet@uni`` (the default encoder: ``ghanet``)
+LABEL_SEPARATOR = "@"
+
+
+@dataclass(frozen=True)
+class EncoderChoice:
+    """One patch encoder of the run: its label (results folder), registry name and weights."""
+
+    label: str
+    encoder: str
+    weights: str | None = None
+    weights_sha256: str | None = None
+    #: the slide models trained on its features (None: every slide model of each cohort)
+    models: tuple[str, ...] | None = None
+    #: the config key of its settings, for messages ("features.encoders.uni" or "features")
+    key: str = "features"
+
+    def feature_options(self) -> dict:
+        """The keys of config section ``features`` that this encoder sets (the extraction's options)."""
+        return {"encoder": self.encoder, "weights": self.weights, "weights_sha256": self.weights_sha256}
+
+
+def run_encoders(config: Mapping) -> dict[str, EncoderChoice]:
+    """Label -> EncoderChoice of the run's encoders, the default (``features.encoder``) first."""
+    features = config["features"]
+    default = EncoderChoice(
+        label=features["encoder"],
+        encoder=features["encoder"],
+        weights=features.get("weights"),
+        weights_sha256=features.get("weights_sha256"),
+    )
+    encoders = {default.label: default}
+    extra = features.get("encoders") or {}
+    if extra and features.get("external_dir"):
+        raise InputError(
+            "config keys features.encoders and features.external_dir are both set: imported features come "
+            "from one encoder and have no tiles to extract others from; remove one of them"
+        )
+    for label, settings in extra.items():
+        key = f"features.encoders.{label}"
+        if not NAME.match(str(label)):
+            raise InputError(
+                f"config key {key}: encoder label {label!r} cannot name a results folder; use letters, "
+                "digits, '_', '.' or '-'"
+            )
+        if label == default.label:
+            raise InputError(
+                f"config key {key}: {label!r} is the default encoder (features.encoder) already; "
+                "give the other encoder another label"
+            )
+        models = settings.get("models")
+        if models is not None:
+            reading_none = [m for m in models if m in MODELS_WITHOUT_SLIDES]
+            if reading_none:
+                raise InputError(
+                    f"config key {key}.models: {reading_none} read no slide features, so an encoder "
+                    f"changes nothing of them; list slide models only, or leave {key}.models out"
+                )
+            models = tuple(models)
+        encoders[str(label)] = EncoderChoice(
+            label=str(label),
+            encoder=settings["encoder"],
+            weights=settings.get("weights"),
+            weights_sha256=settings.get("weights_sha256"),
+            models=models,
+            key=key,
+        )
+    return encoders
+
+
+def model_label(model: str, encoder_label: str | None = None) -> str:
+    """The name of a model trained on an encoder's features: ``ghanet@uni``; plain without a label."""
+    return f"{model}{LABEL_SEPARATOR}{encoder_label}" if encoder_label else model
+
+
+def split_model_label(label: str) -> tuple[str, str | None]:
+    """(model, encoder label or None for the default encoder) of a model label."""
+    model, _, encoder_label = str(label).partition(LABEL_SEPARATOR)
+    return model, encoder_label or None
 
 
 @dataclass(frozen=True)
@@ -43,6 +131,8 @@ class CohortConfig:
     filters: Mapping = field(default_factory=dict)
     #: the config key of this cohort's settings, for messages ("cohorts.tcga_blca" or "")
     key: str = ""
+    #: labels of the encoders other than the default whose models it trains (none without slides)
+    encoders: tuple[str, ...] = ()
 
     @property
     def has_slides(self) -> bool:
@@ -61,8 +151,12 @@ class CohortConfig:
         return f"{self.key}.{name}" if self.key else name
 
 
-def run_cohorts(config: Mapping) -> dict[str, CohortConfig]:
-    """Name -> CohortConfig of every cohort of a (schema-validated) config, in the config's order."""
+def run_cohorts(config: Mapping, encoders: Mapping[str, EncoderChoice] | None = None) -> dict[str, CohortConfig]:
+    """Name -> CohortConfig of every cohort of a (schema-validated) config, in the config's order.
+
+    With ``encoders`` (:func:`run_encoders`), a cohort with slides also trains its slide models on
+    each encoder other than the default, as model labels ``<model>@<label>``.
+    """
     listed = config.get("cohorts")
     single = {key: config[key] for key in ("cohort", "clinical") if config.get(key)}
     if listed and single:
@@ -85,8 +179,23 @@ def run_cohorts(config: Mapping) -> dict[str, CohortConfig]:
         key = "cohorts"
     cohorts = {}
     for name, settings in listed.items():
-        cohorts[name] = _cohort(name, settings or {}, config, shared_models, f"{key}.{name}" if key else "")
+        cohort = _cohort(name, settings or {}, config, shared_models, f"{key}.{name}" if key else "")
+        cohorts[name] = _with_encoders(cohort, list((encoders or {}).values())[1:])
     return cohorts
+
+
+def _with_encoders(cohort: CohortConfig, extra: list[EncoderChoice]) -> CohortConfig:
+    """The cohort with its slide models on each extra encoder added (after its own models)."""
+    if not cohort.has_slides or not extra:
+        return cohort
+    slide_models = [m for m in cohort.models if m not in MODELS_WITHOUT_SLIDES]
+    labels, labelled = [], []
+    for choice in extra:
+        models = [m for m in slide_models if choice.models is None or m in choice.models]
+        if models:
+            labels.append(choice.label)
+            labelled += [model_label(m, choice.label) for m in models]
+    return replace(cohort, models=cohort.models + tuple(labelled), encoders=tuple(labels))
 
 
 def _cohort(name: str, settings: Mapping, config: Mapping, shared_models: tuple, key: str) -> CohortConfig:

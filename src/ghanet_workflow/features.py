@@ -47,6 +47,7 @@ DEFAULTS: dict[str, object] = {
     "encoder": "efficientnet_lite0",
     "weights": None,
     "weights_sha256": None,
+    "encoders": {},  # more encoders by label (the workflow's DAG: ghanet_workflow.cohort_config)
     "batch_size": 64,
     "patches_per_read": 8,
     "num_workers": 2,

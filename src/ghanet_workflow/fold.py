@@ -29,6 +29,7 @@ import torch
 from . import coxnet
 from .atomic import write_csv, write_json
 from .cohort import load_built_cohort
+from .cohort_config import split_model_label
 from .errors import InputError
 from .feature_store import hold_on_device, open_store
 from .model import MODELS
@@ -254,12 +255,25 @@ def run_fold(
 # ----------------------------------------------------------------------------- command line
 
 
+def model_of_label(label: str) -> str:
+    """The model of a model label (``ghanet@uni`` -> ``ghanet``); argparse's error for an unknown one."""
+    model = split_model_label(label)[0]
+    if model not in MODELS:
+        raise argparse.ArgumentTypeError(f"unknown model {model!r} (in {label!r}); choose from {sorted(MODELS)}")
+    return model
+
+
 def main(argv: list[str]) -> int:
     """``ghanet-wf train --cohort-dir D --fold-csv P --model NAME --out-dir D [--options JSON ...]``."""
     parser = argparse.ArgumentParser(prog="ghanet-wf train", description=__doc__.splitlines()[0])
     parser.add_argument("--cohort-dir", required=True, help="folder written by the cohort stage")
     parser.add_argument("--fold-csv", required=True, help="fold_{k}.csv (case_id, split)")
-    parser.add_argument("--model", required=True, choices=sorted(MODELS))
+    parser.add_argument(
+        "--model",
+        required=True,
+        type=model_of_label,
+        help=f"one of {sorted(MODELS)}, or a model label <model>@<encoder label> (the cohort dir holds that encoder's features)",
+    )
     parser.add_argument("--out-dir", required=True)
     parser.add_argument(
         "--options", nargs="+", help="JSON objects (or files) with the config sections training, genomics; merged in order"

@@ -58,6 +58,7 @@ class SlideSet:
         self.tiled = sorted(tiled)
         self.out_dir = out_dir
         self.encoder = encoder
+        self.slides_per_job = slides_per_job
         self.chunks = chunk_keys(self.tiled, slides_per_job)
         # bring-your-own features: slide key -> CLAM/TRIDENT file, one import job per chunk of them
         self.external = dict(external or {})
@@ -67,6 +68,10 @@ class SlideSet:
         # plain functions.
         for name in INPUT_FUNCTIONS:
             setattr(self, name, _plain_function(getattr(self, name)))
+
+    def with_encoder(self, encoder: str) -> "SlideSet":
+        """The same slides and tiles, with the features of another encoder (label)."""
+        return SlideSet(self.rows, self.tiled, self.out_dir, encoder, self.slides_per_job, self.external)
 
     # ------------------------------------------------------------ file layout
 
@@ -127,12 +132,20 @@ class SlideSet:
         return [self.feature_file(key) for key in self.import_chunks[wildcards.chunk]]
 
 
-def by_cohort(slide_sets: Mapping[str, SlideSet], name: str):
-    """Input function: the ``name`` function of the SlideSet of the job's ``{cohort}`` wildcard."""
-    functions = {cohort: getattr(slides, name) for cohort, slides in slide_sets.items()}
+def by_cohort(slide_sets: Mapping[str, Mapping[str, SlideSet]], name: str, default_encoder: str):
+    """Input function: the ``name`` function of the SlideSet of the job's ``{cohort}`` wildcard.
+
+    ``slide_sets``: cohort -> encoder label -> SlideSet. A rule with an ``{encoder}`` wildcard gets
+    that encoder's set (its feature files), any other the default encoder's.
+    """
+    functions = {
+        (cohort, label): getattr(slides, name)
+        for cohort, sets in slide_sets.items()
+        for label, slides in sets.items()
+    }
 
     def function(wildcards):
-        return functions[wildcards.cohort](wildcards)
+        return functions[wildcards.cohort, getattr(wildcards, "encoder", default_encoder)](wildcards)
 
     function.__name__ = name
     return function

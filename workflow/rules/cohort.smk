@@ -57,6 +57,30 @@ rule pack_features:
         " > {log:q} 2>&1"
 
 
+# The cohort table of an encoder other than the default (features.encoders.<label>): the same
+# slides with that encoder's features, in results/<cohort>/cohort@<label>/; its models
+# (<model>@<label>) train on the cohort's one set of splits, so every encoder is compared on the
+# same test patients. The default encoder's table stays results/<cohort>/cohort/.
+use rule build_cohort as build_encoder_cohort with:
+    output:
+        patients=f"{RESULTS}/cohort@{{encoder}}/patients.csv",
+        genomics=f"{RESULTS}/cohort@{{encoder}}/genomics.csv.gz",
+        groups=f"{RESULTS}/cohort@{{encoder}}/groups.json",
+        slides=f"{RESULTS}/cohort@{{encoder}}/slides.csv",
+    log:
+        f"{LOGS}/build_cohort@{{encoder}}.log",
+
+
+use rule pack_features as pack_encoder_features with:
+    input:
+        patients=rules.build_encoder_cohort.output.patients,
+        slides=rules.build_encoder_cohort.output.slides,
+    output:
+        index=f"{RESULTS}/cohort@{{encoder}}/feature_store/index.json",
+    log:
+        f"{LOGS}/pack_features@{{encoder}}.log",
+
+
 # A cohort without slides (cohorts.<name>.slides empty): every patient of the table, no slide.
 rule build_genomic_cohort:
     input:

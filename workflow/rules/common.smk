@@ -64,10 +64,11 @@ def sibling_dir(name):
 # Keys of a config section that change how a job runs, not what it writes. They reach the stage
 # as a second --options object through the rule's `run_settings` resource, NOT through its params:
 # Snakemake reruns a job whose params changed (never one whose resources did), and a new batch
-# size, worker count or device must not requeue GPU jobs. (`training.models` and `features.slides_per_job` /
-# `external_dir` shape the DAG itself and reach no stage.)
+# size, worker count or device must not requeue GPU jobs. (`training.models` and `features.encoders` /
+# `slides_per_job` / `external_dir` shape the DAG itself and reach no stage.)
 RUN_SETTINGS = {
     "features": (
+        "encoders",
         "batch_size",
         "patches_per_read",
         "num_workers",
@@ -85,7 +86,7 @@ STAGE_RUN_SETTINGS = {
     "features": tuple(
         k
         for k in RUN_SETTINGS["features"]
-        if k not in ("slides_per_job", "external_dir")
+        if k not in ("encoders", "slides_per_job", "external_dir")
     ),
     "training": ("device", "cohort_on_gpu"),
 }
@@ -142,6 +143,8 @@ from ghanet_workflow.cohort_config import (
     MODELS_WITHOUT_SLIDES,
     check_reference_model,
     run_cohorts,
+    run_encoders,
+    split_model_label,
 )
 from ghanet_workflow.errors import InputError
 from ghanet_workflow.slide_set import SlideSet, by_cohort
@@ -157,23 +160,29 @@ def stop(error):
 
 SLIDES_PER_JOB = int(config["features"].get("slides_per_job", 16))
 try:
-    COHORTS = run_cohorts(config)
+    # the run's encoders by label, the default (features.encoder) first; its label is ENCODER
+    ENCODERS = run_encoders(config)
+    COHORTS = run_cohorts(config, ENCODERS)
     check_reference_model(COHORTS, config["report"]["reference_model"])
 except InputError as error:
     _files = [str(f) for f in workflow.overwrite_configfiles] or ["config/config.yaml"]
     stop(f"{error} (config file: {', '.join(_files)})")
 try:
     # Each cohort's slides to tile and featurise: the input functions of tile_slide, extract_features
-    # and import_features (ghanet_workflow.slide_set), reached through the {cohort} wildcard.
+    # and import_features (ghanet_workflow.slide_set), reached through the {cohort} wildcard (and
+    # {encoder} for the features of an encoder other than the default). Tiles are shared.
     SLIDE_SETS = {}
     for _cohort in COHORTS.values():
-        SLIDE_SETS[_cohort.name], _absent = slide_table.cohort_slide_set(
+        _slides, _absent = slide_table.cohort_slide_set(
             _cohort,
             encoder=ENCODER,
             slides_per_job=SLIDES_PER_JOB,
             external_dir=config["features"].get("external_dir"),
             produced_dir=DEMO_SLIDE_DIR,
         )
+        SLIDE_SETS[_cohort.name] = {ENCODER: _slides} | {
+            label: _slides.with_encoder(label) for label in _cohort.encoders
+        }
         if _absent:
             logger.warning(f"cohort {_cohort.name}: {_absent}")
 except InputError as error:
@@ -196,25 +205,34 @@ CPU_MODEL_NAMES = names_pattern(m for m in _MODELS if m in CPU_MODELS)
 
 
 def cohort_slides(name):
-    """Input function: SlideSet function ``name`` of the job's cohort."""
-    return by_cohort(SLIDE_SETS, name)
+    """Input function: SlideSet function ``name`` of the job's cohort (and {encoder}, else the default)."""
+    return by_cohort(SLIDE_SETS, name, ENCODER)
 
 
 # The demo slides (made by the demo_slide rule): file name -> the clinical table of its cohort.
 DEMO_CLINICAL = {
     Path(row["path"]).name: COHORTS[name].clinical
     for name, slides in SLIDE_SETS.items()
-    for row in slides.rows.values()
+    for row in slides[ENCODER].rows.values()
     if row["produced"]
 }
 
 # Encoder weights named in the config must exist before any slide is tiled (not in the GPU job).
-_weights = config["features"].get("weights")
-_tiles_some = any(slides.tiled for slides in SLIDE_SETS.values())
-if _weights and _tiles_some and not Path(str(_weights)).expanduser().is_file():
-    stop(
-        f"config key features.weights = {_weights!r}: no such file; give the path of the encoder's "
-        "weights (a .pth/.safetensors file on a shared file system), see config/README.md"
+_tiles_some = any(slides[ENCODER].tiled for slides in SLIDE_SETS.values())
+for _choice in ENCODERS.values():
+    _weights = _choice.weights
+    if _weights and _tiles_some and not Path(str(_weights)).expanduser().is_file():
+        stop(
+            f"config key {_choice.key}.weights = {_weights!r}: no such file; give the path of the encoder's "
+            "weights (a .pth/.safetensors file on a shared file system), see config/README.md"
+        )
+
+
+def features_options(wildcards):
+    """Params function: the `features` options of the job's {encoder} (the default's: its section as is)."""
+    choice = ENCODERS[wildcards.encoder]
+    return json.dumps(
+        {**output_settings("features"), **choice.feature_options()}, sort_keys=True
     )
 
 
@@ -238,7 +256,10 @@ def find_damaged_slide_files():
     if workflow.remote_exec or workflow.subprocess_exec:
         return {}
     manifests = [
-        path for slides in SLIDE_SETS.values() for path in slides.all_manifests()
+        path
+        for sets in SLIDE_SETS.values()
+        for slides in sets.values()
+        for path in slides.all_manifests()
     ]
     damaged = {}
     for damage in slide_files.damaged_files(manifests):
@@ -258,7 +279,7 @@ REDO_MARKERS = slide_files.existing_markers(
         for name in COHORT_NAMES
         for folder in (
             f"results/{name}/tiles",
-            f"results/{name}/features/{ENCODER}/chunks",
+            *(f"results/{name}/features/{label}/chunks" for label in SLIDE_SETS[name]),
         )
     ]
 )
@@ -309,6 +330,27 @@ def cohort_options(section):
             sort_keys=True,
         )
     )
+
+
+def model_cohort_dir(cohort, model):
+    """The cohort table a model label trains on: results/<cohort>/cohort, or cohort@<label> for an
+    encoder other than the default (rule build_encoder_cohort)."""
+    label = split_model_label(model)[1]
+    return f"{COHORTS[cohort].results}/cohort" + (f"@{label}" if label else "")
+
+
+def model_cohort_file(name):
+    """Input function: file ``name`` of the cohort table that the job's {model} trains on."""
+
+    def path(wildcards):
+        return f"{model_cohort_dir(wildcards.cohort, wildcards.model)}/{name}"
+
+    return path
+
+
+def reads_slides(model):
+    """Whether a model label's model reads slide features (all but snn and coxnet)."""
+    return split_model_label(model)[0] not in MODELS_WITHOUT_SLIDES
 
 
 def cohort_fold_outputs(cohort, name):
@@ -395,20 +437,20 @@ def write_partial_report():
 
 
 def feature_store_index(wildcards):
-    """Input function: the cohort's packed features (rule pack_features) for a model that reads slides."""
-    if wildcards.model in MODELS_WITHOUT_SLIDES:
+    """Input function: the packed features (rule pack_features) of the model's cohort table, for a model that reads slides."""
+    if not reads_slides(wildcards.model):
         return []
-    return f"{COHORTS[wildcards.cohort].results}/cohort/feature_store/index.json"
+    return f"{model_cohort_dir(wildcards.cohort, wildcards.model)}/feature_store/index.json"
 
 
 def mem_mb_training(wildcards, attempt):
     """Training memory: estimated from the cohort's feature store once it is packed (largest bag and
     model size, ghanet_workflow.memory), else resources.train_mem_mb; doubled on each retry (OOM kills).
     """
-    cohort_dir = f"{COHORTS[wildcards.cohort].results}/cohort"
-    reads_slides = wildcards.model not in MODELS_WITHOUT_SLIDES
     estimate = memory_estimate.training_mem_mb_from_files(
-        cohort_dir, config["training"], reads_slides
+        model_cohort_dir(wildcards.cohort, wildcards.model),
+        config["training"],
+        reads_slides(wildcards.model),
     )
     return int(estimate or config["resources"]["train_mem_mb"]) * 2 ** (attempt - 1)
 
@@ -423,8 +465,14 @@ def mem_mb_features(wildcards, input, attempt):
     once tiled (ghanet_workflow.memory), else resources.features_mem_mb; doubled on each retry.
     """
     coords = getattr(input, "coords", None)
+    label = (
+        getattr(wildcards, "encoder", None) or PREDICT_ENCODER
+    )  # predict_risks: none
+    encoder = ENCODERS[label].feature_options()
     estimate = (
-        memory_estimate.extraction_mem_mb_from_files(coords, config["features"])
+        memory_estimate.extraction_mem_mb_from_files(
+            coords, {**config["features"], **encoder}
+        )
         if coords
         else None
     )
@@ -449,6 +497,14 @@ PREDICT_RESULTS = COHORTS[PREDICT_COHORT].results
 PREDICT_LOGS = COHORTS[PREDICT_COHORT].logs
 PREDICT_DIR = f"{PREDICT_RESULTS}/predict"
 PREDICT_MODEL = PREDICT.get("model") or "ghanet"
+# the features the new slides need: those of the encoder the model label names (ghanet@uni: uni)
+_PREDICT_LABEL = split_model_label(PREDICT_MODEL)[1]
+PREDICT_ENCODER = _PREDICT_LABEL or ENCODER
+if _PREDICT_LABEL is not None and _PREDICT_LABEL not in list(ENCODERS)[1:]:
+    stop(
+        f"config key predict.model: {PREDICT_MODEL!r} names encoder label {_PREDICT_LABEL!r}, which is not one "
+        f"of features.encoders ({list(ENCODERS)[1:]}); the default encoder's models have plain names (ghanet)"
+    )
 # null: this cohort's fold models, which Snakemake then trains first if needed
 PREDICT_MODELS_FROM = PREDICT.get("models_from") or PREDICT_RESULTS
 
@@ -467,7 +523,7 @@ PREDICT_SLIDE_SET = SlideSet(
     PREDICT_SLIDES.to_dict("index"),
     PREDICT_TILED.index,
     PREDICT_DIR,
-    ENCODER,
+    PREDICT_ENCODER,
     SLIDES_PER_JOB,
 )
 

@@ -1,4 +1,4 @@
-# Patch features with the configured encoder (CUDA when present, else CPU). Slides are processed in
+# Patch features with each configured encoder ({encoder}: a label of ENCODERS; CUDA when present, else CPU). Slides are processed in
 # chunks of `features.slides_per_job`: one job (and one model load) per chunk, so a 10,000-slide
 # cohort is a few hundred GPU jobs, not 10,000. Each slide's HDF5 is written atomically as soon as it
 # is done; a killed chunk job resumes on rerun, skipping the slides that are already complete.
@@ -24,7 +24,7 @@ rule extract_features:
         run_settings=FEATURES_RUN_SETTINGS,
     params:
         out=cohort_slides("chunk_feature_files"),
-        options=options("features"),
+        options=features_options,
     shell:
         "exec python -m ghanet_workflow.cli extract --slides {input.slides:q} --coords {input.coords:q}"
         " --out {params.out:q} --manifest {output.manifest:q}"
@@ -48,7 +48,7 @@ rule import_features:
         run_settings=FEATURES_RUN_SETTINGS,
     params:
         out=cohort_slides("import_feature_files"),
-        options=options("features"),
+        options=features_options,
     shell:
         "exec python -m ghanet_workflow.cli extract --external {input.external:q}"
         " --out {params.out:q} --manifest {output.manifest:q}"

@@ -49,7 +49,7 @@ rule predict_risks:
         disk_mb=1000,
         run_settings=PREDICT_RUN_SETTINGS,
     params:
-        features_dir=f"{PREDICT_DIR}/features/{ENCODER}",
+        features_dir=f"{PREDICT_DIR}/features/{PREDICT_ENCODER}",
         model_dirs=predict_model_dirs,
     shell:
         "exec python -m ghanet_workflow.cli predict --slides {input.slides:q} --features-dir {params.features_dir:q}"

@@ -267,7 +267,7 @@ rule report_comparison_all:
         " --out-dir {params.out_dir:q} --options {params.options:q} > {log:q} 2>&1"
 
 
-# The models x cohorts table of the run (results/report/): every cohort's cindex.csv plus those of
+# The models (x encoders) x cohorts table of the run (results/report/): every cohort's cindex.csv plus those of
 # other runs listed under `paper_table.other_cohorts`; a cell is marked where the comparison (the
 # run's, and those next to the other runs' tables) says the model differs from the reference model.
 rule paper_table:
@@ -296,8 +296,9 @@ rule paper_table:
         **SMALL_JOB,
     params:
         out_dir=parent_dir("md"),
+        default_encoder=ENCODER,
         options=report_options("paper"),
     shell:
         "exec python -m ghanet_workflow.cli report paper --cindex {input.cindex:q} --comparison {input.comparison:q}"
-        " --out-dir {params.out_dir:q}"
+        " --out-dir {params.out_dir:q} --default-encoder {params.default_encoder:q}"
         " --options {params.options:q} > {log:q} 2>&1"

@@ -6,14 +6,16 @@
 #   interpret_fold (CPU) on the test patients: gene reconstruction (every model; header only
 #                  without a reconstruction head) and the CAB attention of the extreme-risk patients
 #                  (G-HANet; empty otherwise). No config setting changes it.
+# {model} is a model label: the model's name on the default encoder, <model>@<label> on the
+# features of encoder features.encoders.<label> (its cohort table: results/<cohort>/cohort@<label>/).
 
 
 rule train_fold:
     input:
-        patients=rules.build_cohort.output.patients,
-        genomics=rules.build_cohort.output.genomics,
-        groups=rules.build_cohort.output.groups,
-        slides=rules.build_cohort.output.slides,
+        patients=model_cohort_file("patients.csv"),
+        genomics=model_cohort_file("genomics.csv.gz"),
+        groups=model_cohort_file("groups.json"),
+        slides=model_cohort_file("slides.csv"),
         store=feature_store_index,
         fold=f"{RESULTS}/splits/fold_{{fold}}.csv",
     output:
@@ -89,10 +91,10 @@ rule interpret_fold:
         model=rules.train_fold.output.model,
         predictions=rules.train_fold.output.predictions,
         preprocessing=rules.train_fold.output.preprocessing,
-        patients=rules.build_cohort.output.patients,
-        genomics=rules.build_cohort.output.genomics,
-        groups=rules.build_cohort.output.groups,
-        slides=rules.build_cohort.output.slides,
+        patients=model_cohort_file("patients.csv"),
+        genomics=model_cohort_file("genomics.csv.gz"),
+        groups=model_cohort_file("groups.json"),
+        slides=model_cohort_file("slides.csv"),
         store=feature_store_index,
         fold=f"{RESULTS}/splits/fold_{{fold}}.csv",
     output:

@@ -92,6 +92,11 @@ def paper_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out-dir", type=Path, required=True, help="writes paper_table.md/.tex/.csv here")
     parser.add_argument("--options", help="JSON object of report options (config section 'report')")
+    parser.add_argument(
+        "--default-encoder",
+        help="encoder of the plain model labels (config features.encoder), shown when some model label "
+        "names another encoder (<model>@<label>)",
+    )
     return parser
 
 
@@ -188,6 +193,7 @@ def run_paper_table(argv: list[str]) -> list[Path]:
         parse_options(args.options, DEFAULTS, "report"),
         out_html=out / "paper_table.html",
         comparison_csvs=args.comparison,
+        default_encoder=args.default_encoder,
     )
     return [out / f"paper_table.{ext}" for ext in ("md", "tex", "csv", "html")]
 

@@ -1,4 +1,8 @@
-"""The paper table: models x cohorts, mean ± std over folds, overall mean, best per column in bold."""
+"""The paper table: models x cohorts, mean ± std over folds, overall mean, best per column in bold.
+
+With several encoders (model labels ``<model>@<encoder label>``, see ``cohort_config``) the rows
+are models x encoders, with an Encoder column.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from ..atomic import write_csv, write_text
+from ..cohort_config import split_model_label
 from ..errors import InputError
 from .inputs import read_csv
 from .options import resolve_options
@@ -65,10 +70,28 @@ def _bold_mask(wide_means: pd.DataFrame, decimals: int, lower_is_better: bool = 
     return rounded.eq(best) & rounded.notna()
 
 
+def encoder_names(labels: Iterable[str], default_encoder: str | None) -> dict[str, tuple[str, str]] | None:
+    """Model label -> (model, encoder) when some label names an encoder, else None (no Encoder column).
+
+    A plain label is the default encoder's model (``default_encoder``, or "default" when not given).
+    """
+    split = {label: split_model_label(label) for label in labels}
+    if not any(encoder for _, encoder in split.values()):
+        return None
+    return {label: (model, encoder or default_encoder or "default") for label, (model, encoder) in split.items()}
+
+
 def paper_rows(
-    cells: pd.DataFrame, decimals: int, style: str, lower_is_better: bool = False
+    cells: pd.DataFrame,
+    decimals: int,
+    style: str,
+    lower_is_better: bool = False,
+    encoders: Mapping[str, tuple[str, str]] | None = None,
 ) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows of the paper table; ``style`` 'markdown', 'latex' or 'html' sets bold and ±."""
+    """Headers and rows of the paper table; ``style`` 'markdown', 'latex' or 'html' sets bold and ±.
+
+    ``encoders`` (:func:`encoder_names`): split each model label into a Model and an Encoder column.
+    """
     means = cells.pivot(index="model", columns="cohort", values="mean")
     stds = cells.pivot(index="model", columns="cohort", values="std")
     partial = cells.pivot(index="model", columns="cohort", values="n_folds_ok") < cells.pivot(
@@ -85,7 +108,7 @@ def paper_rows(
     }[style]
     rows = []
     for model in models:
-        row = [esc(model)]
+        row = [esc(part) for part in encoders[model]] if encoders else [esc(model)]
         for cohort in cohorts:
             mean, std = means.at[model, cohort], stds.at[model, cohort]
             text = (
@@ -95,7 +118,8 @@ def paper_rows(
             marks = star * bool(differs.at[model, cohort]) + dagger * bool(partial.at[model, cohort])
             row.append(text + marks)
         rows.append(row)
-    return ["Model", *(esc(c) for c in cohorts)], rows
+    first = ["Model", "Encoder"] if encoders else ["Model"]
+    return [*first, *(esc(c) for c in cohorts)], rows
 
 
 def significant_cells(cells: pd.DataFrame, comparison_csvs: Iterable[str | Path]) -> pd.Series:
@@ -121,13 +145,16 @@ def write_paper_table(
     options: Mapping | None = None,
     out_html: str | Path | None = None,
     comparison_csvs: Iterable[str | Path] = (),
+    default_encoder: str | None = None,
 ) -> pd.DataFrame:
     """Models x cohorts table of mean ± std over folds (+ overall mean), best per column bold.
 
     Reads the ``cindex.csv`` of each cohort, and the ``comparison.csv`` files whose significant
     rows mark a cell with * (differs from the reference model); writes markdown, LaTeX (tabulate
     ``latex_raw`` with booktabs rules), a long CSV (model, cohort, mean, std, n_folds_ok,
-    n_folds, differs) and, with ``out_html``, the markdown as an HTML page. Returns the long table.
+    n_folds, differs; with several encoders model is the model label's model and an encoder
+    column follows it) and, with ``out_html``, the markdown as an HTML page. Returns the long table.
+    ``default_encoder``: the name shown for the models of the default encoder (plain labels).
     """
     options = resolve_options(options)
     metric, decimals, ddof = options["paper_metric"], int(options["decimals"]), int(options["std_ddof"])
@@ -140,6 +167,7 @@ def write_paper_table(
     cells = pd.concat([cells, overall_cells(cells)], ignore_index=True)
     cells["differs"] = significant_cells(cells, comparison_csvs)
     lower = metric in LOWER_IS_BETTER
+    encoders = encoder_names(cells["model"], default_encoder)
     note = (
         f"Cells: mean ± std of {metric} over folds ({std_name(ddof)}); "
         "Overall: mean over cohorts of the per-cohort means (— for a model not run on every cohort). "
@@ -151,18 +179,22 @@ def write_paper_table(
             f" * Harrell's C differs from {options['reference_model']}'s (paired comparison, corrected "
             f"resampled t-test, p < {1 - float(options['comparison_level']):g}; see comparison.md)."
         )
-    headers, rows = paper_rows(cells, decimals, "markdown", lower)
+    headers, rows = paper_rows(cells, decimals, "markdown", lower, encoders)
     write_text(
         out_md,
         tabulate(rows, headers=headers, tablefmt=options["tablefmt"], disable_numparse=True)
         + f"\n\n{note}\n",
     )
     if out_html is not None:
-        headers, rows = paper_rows(cells, decimals, "html", lower)
+        headers, rows = paper_rows(cells, decimals, "html", lower, encoders)
         table = tabulate(rows, headers=headers, tablefmt="unsafehtml", disable_numparse=True)
         write_text(out_html, html_page("Models x cohorts", f"# Models x cohorts\n\n{table}\n\n{note}\n"))
-    headers, rows = paper_rows(cells, decimals, "latex", lower)
+    headers, rows = paper_rows(cells, decimals, "latex", lower, encoders)
     latex = booktabs(tabulate(rows, headers=headers, tablefmt="latex_raw", disable_numparse=True))
     write_text(out_tex, f"{latex}\n% {note}\n")
+    if encoders:
+        split = cells["model"].map(encoders)
+        cells.insert(1, "encoder", split.str[1])
+        cells["model"] = split.str[0]
     write_csv(out_csv, cells)
     return cells
