@@ -48,6 +48,17 @@ def test_invalid_config_value_is_named(tmp_path):
     assert "resnet_magic" in result.stderr + result.stdout
 
 
+def test_a_target_naming_an_unknown_encoder_label_matches_no_rule():
+    # the {encoder} wildcard takes only the run's labels: a mistyped label in a target is Snakemake's
+    # "no rule to produce" naming the file, not a KeyError traceback from an input function
+    target = "results/demo_blca/features/no_such_label/chunks/chunk0000.txt"
+    result = run([SNAKEMAKE, "-n", target], REPO)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"No rule to produce {target}" in output, output[-2000:]
+    assert "KeyError" not in output and "Traceback" not in output, output[-2000:]
+
+
 def test_lint_is_clean():
     result = run([SNAKEMAKE, "--lint"], REPO)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -239,7 +239,7 @@ def features_options(wildcards):
 wildcard_constraints:
     cohort="[^/]+",
     slide="[^/]+",
-    encoder="[^/]+",
+    encoder=names_pattern(ENCODERS),  # a target naming an unknown label matches no rule
     model="[^/]+",
     fold=r"\d+",
     chunk=r"(chunk|import)\d+",
